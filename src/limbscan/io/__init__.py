@@ -1,0 +1,11 @@
+"""Reading radiographs: DICOM (any transfer syntax pydicom + pylibjpeg decode), PNG, JPEG.
+
+``read_image(path)`` returns ``(pixels, meta)``: a float32 H x W array in [0, 1] with bone
+bright (MONOCHROME1 inverted), and an :class:`ImageMeta`. Any failure is a
+:class:`limbscan.errors.BadInputError` naming the file and the problem.
+"""
+
+from limbscan.io.images import read_image, sniff_format
+from limbscan.io.meta import BODY_PARTS, ImageMeta
+
+__all__ = ["BODY_PARTS", "ImageMeta", "read_image", "sniff_format"]
