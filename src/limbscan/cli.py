@@ -1,8 +1,270 @@
-"""Command line: each verb parses its arguments and calls the library."""
-import typer
+"""Command line: each verb parses its arguments and calls the library.
 
-app = typer.Typer(no_args_is_help=True)
+Heavy modules are imported inside the commands so ``limbscan --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from limbscan.errors import LimbscanError, Skipped
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="limbscan",
+    help="Find and triage lesions in lower-limb radiographs (DICOM, PNG, JPEG).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Build, split, inspect and cache datasets.", no_args_is_help=True)
+import_app = typer.Typer(help="Import a dataset into limbscan's schema (COCO JSON + image fields).", no_args_is_help=True)
+download_app = typer.Typer(help="Fetch public datasets (needs internet).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+data_app.add_typer(download_app, name="download")
+
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (DS).")]
+DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder (holds dataset.json).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from limbscan import __version__
+
+        console.print(f"limbscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    pass
+
+
+def _report_skipped(skipped: list[Skipped], warnings: list[Skipped] = ()) -> None:
+    for item in warnings:
+        err_console.print(f"[yellow]warning[/]: {item}", highlight=False, soft_wrap=True)
+    for item in skipped:
+        err_console.print(f"[red]skipped[/]: {item}", highlight=False, soft_wrap=True)
+    if skipped:
+        err_console.print(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} skipped", highlight=False)
+
+
+def _finish_import(result, out: Path) -> None:
+    """Print what an importer did, keep its skip list beside the dataset."""
+    from limbscan.data.dataset import write_json_atomic
+    from limbscan.data.stats import render_stats, stats_table
+
+    ds = result.dataset
+    write_json_atomic(
+        out / "import_report.json",
+        {
+            "skipped": [vars(s) for s in result.skipped],
+            "warnings": [vars(s) for s in result.warnings],
+            "n_images": len(ds.images),
+            "n_annotations": len(ds.coco["annotations"]),
+        },
+    )
+    _report_skipped(result.skipped, result.warnings)
+    console.print(render_stats(stats_table(ds)))
+    console.print(f"wrote {out / 'dataset.json'}: {len(ds.images)} images, {len(ds.coco['annotations'])} lesions")
+
+
+# -- data import ---------------------------------------------------------------------
+@import_app.command("fracatlas")
+def import_fracatlas_cmd(
+    root: Annotated[Path, typer.Argument(help="FracAtlas root (holds dataset.csv, images/, Annotations/).")],
+    out: OutDir,
+    skip_truncated: Annotated[bool, typer.Option(help="Skip truncated JPEGs instead of keeping what decodes.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Import FracAtlas as laid out by its authors: label from the folder, tags from dataset.csv, lesions from COCO."""
+    from limbscan.data.importers import import_fracatlas
+
+    _finish_import(import_fracatlas(root, out, progress=not quiet, skip_truncated=skip_truncated), out)
+
+
+@import_app.command("folder")
+def import_folder_cmd(
+    root: Annotated[Path, typer.Argument(help="ROOT/<body_part>/{normal,abnormal}/... of DICOM, PNG or JPEG.")],
+    out: OutDir,
+    quiet: Quiet = False,
+) -> None:
+    """Import a folder tree ROOT/<body_part>/{normal,abnormal}/...; DICOM files are anonymised into DS/images."""
+    from limbscan.data.importers import import_folder
+
+    _finish_import(import_folder(root, out, progress=not quiet), out)
+
+
+@import_app.command("coco")
+def import_coco_cmd(
+    annotations: Annotated[Path, typer.Argument(help="COCO JSON file; its annotations are lesions.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder the COCO file names are relative to.")],
+    out: OutDir,
+    quiet: Quiet = False,
+) -> None:
+    """Import a COCO JSON and its image folder."""
+    from limbscan.data.importers import import_coco
+
+    _finish_import(import_coco(annotations, images, out, progress=not quiet), out)
+
+
+@import_app.command("mura")
+def import_mura_cmd(
+    root: Annotated[Path, typer.Argument(help="MURA/LERA-style tree: .../XR_<PART>/<patient>/<study>_positive|_negative/.")],
+    out: OutDir,
+    all_parts: Annotated[bool, typer.Option(help="Keep upper-limb studies too.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Import MURA / LERA study folders (label from the _positive / _negative suffix)."""
+    from limbscan.data.importers import import_mura
+
+    _finish_import(import_mura(root, out, progress=not quiet, lower_limb_only=not all_parts), out)
+
+
+# -- data ----------------------------------------------------------------------------
+@data_app.command("synth")
+def synth_cmd(
+    out: OutDir,
+    n: Annotated[int, typer.Option("-n", help="Number of phantom images.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    abnormal_fraction: Annotated[float, typer.Option(help="Share of phantoms with a fracture.")] = 0.3,
+    quiet: Quiet = False,
+) -> None:
+    """Draw SYNTHETIC long-bone phantoms (PNG and DICOM) for tests and offline demos; not radiographs."""
+    from limbscan.data.synth import synthesize
+
+    ds = synthesize(out, n=n, seed=seed, abnormal_fraction=abnormal_fraction, progress=not quiet)
+    n_abn = sum(im["label"] for im in ds.images)
+    console.print(f"wrote {out / 'dataset.json'}: {len(ds.images)} SYNTHETIC phantoms, {n_abn} with a fracture")
+
+
+@data_app.command("split")
+def split_cmd(
+    dataset: DatasetArg,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: the config's, 0).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (data.split).")] = None,
+) -> None:
+    """Split 70/10/20 by patient, stratified by body part x label; deterministic for a seed."""
+    from limbscan.config import load_config
+    from limbscan.data.dataset import Dataset
+    from limbscan.data.split import split_dataset
+    from limbscan.data.stats import render_stats, stats_table
+
+    cfg = load_config(config).data.split
+    if seed is not None:
+        cfg.seed = seed
+    ds = split_dataset(Dataset.load(dataset), cfg)
+    path = ds.save()
+    console.print(render_stats(stats_table(ds)))
+    console.print(f"split saved in {path} (seed {cfg.seed})")
+
+
+@data_app.command("stats")
+def stats_cmd(
+    dataset: DatasetArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    markdown: Annotated[Optional[Path], typer.Option(help="Also write a Markdown report here.")] = None,
+) -> None:
+    """Count images per body part x label x split."""
+    from limbscan.data.dataset import Dataset
+    from limbscan.data.stats import render_stats, stats_markdown, stats_table
+
+    ds = Dataset.load(dataset)
+    stats = stats_table(ds)
+    if as_json:
+        sys.stdout.write(json.dumps(stats, indent=1) + "\n")
+    else:
+        console.print(render_stats(stats))
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(stats_markdown(stats, title=f"Dataset {dataset.name}"))
+        err_console.print(f"wrote {markdown}")
+
+
+@data_app.command("cache")
+def cache_cmd(
+    dataset: DatasetArg,
+    longest_side: Annotated[Optional[int], typer.Option(help="Longest side of cached images (default: config).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: config).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (data.cache).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Decode every image once, resize it and store it; reruns only do what is missing or changed."""
+    from limbscan.config import load_config
+    from limbscan.data.cache import build_cache
+    from limbscan.data.dataset import Dataset
+
+    cfg = load_config(config).data.cache
+    ds = Dataset.load(dataset)
+    report = build_cache(
+        ds,
+        longest_side=longest_side or cfg.longest_side,
+        workers=workers or cfg.workers,
+        progress=not quiet,
+    )
+    _report_skipped(report.skipped)
+    console.print(
+        f"cache: {report.n_built} decoded, {report.n_reused} reused, {len(report.skipped)} skipped "
+        f"of {report.n_total} in {report.seconds:.1f} s"
+    )
+    if report.n_total and len(report.skipped) == report.n_total:
+        raise LimbscanError(f"{dataset}: no image could be cached")
+
+
+@download_app.command("fracatlas")
+def download_fracatlas_cmd(
+    dest: Annotated[Path, typer.Argument(help="Folder to download and unpack into.")],
+    quiet: Quiet = False,
+) -> None:
+    """Download FracAtlas (CC BY 4.0) from figshare, resumably, check it and unpack it."""
+    from limbscan.data.download import download_fracatlas
+
+    root = download_fracatlas(dest, progress=not quiet)
+    console.print(f"FracAtlas is in {root}; next: limbscan data import fracatlas {root} -o DS")
+
+
+# -- anonymize -----------------------------------------------------------------------
+@app.command("anonymize")
+def anonymize_cmd(
+    src: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    quiet: Quiet = False,
+) -> None:
+    """De-identify DICOM with the PS3.15 basic profile (UIDs replaced consistently within the run)."""
+    from limbscan.io.anonymize import anonymize_tree
+
+    written, skipped = anonymize_tree(src, out, progress=not quiet)
+    _report_skipped(skipped)
+    console.print(f"anonymised {len(written)} file(s) into {out}")
+    if not written:
+        raise LimbscanError(f"{src}: no DICOM file could be anonymised")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except LimbscanError as err:
+        err_console.print(f"[red]error[/]: {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; rerun the same command to continue where it stopped")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

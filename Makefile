@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.limbscan-installed
+DEMO   ?= demo
+FRACATLAS ?= ../shared/data/fracatlas-lowerlimb
+
+.PHONY: install demo test bench-ingest clean
+
+# torch and torchvision first, pinned: pip takes these builds from the machine's disk.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The built-in default: SYNTHETIC phantoms (no network, no data needed), imported, split, cached, reported.
+demo: install
+	$(BIN)/limbscan data synth -o $(DEMO)/dataset -n 120 --seed 0
+	$(BIN)/limbscan data split $(DEMO)/dataset --seed 0
+	$(BIN)/limbscan data cache $(DEMO)/dataset --longest-side 512
+	$(BIN)/limbscan data stats $(DEMO)/dataset --markdown $(DEMO)/report.md
+	@echo "demo report: $(DEMO)/report.md (synthetic phantoms, not radiographs)"
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --timeout 600
+
+bench-ingest: install
+	$(BIN)/python benchmarks/ingest.py --out benchmarks/results/ingest.json
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
