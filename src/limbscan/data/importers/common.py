@@ -1,0 +1,151 @@
+"""What every importer shares: the result type, the parallel decode-check, and the final save."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import track
+
+from limbscan.data.dataset import Dataset, DatasetBuilder
+from limbscan.errors import BadInputError, LimbscanError, Skipped
+from limbscan.io import read_image
+from limbscan.io.meta import ImageMeta
+
+# Below this many files a process pool costs more to start than it saves.
+SERIAL_BELOW = 16
+
+
+@dataclass
+class ImportResult:
+    """The saved dataset, the entries left out, and the ones kept with a caveat."""
+
+    dataset: Dataset
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[Skipped] = field(default_factory=list)
+
+
+def probe_one(path: str | Path) -> ImageMeta | Skipped:
+    """Decode one file fully (so a broken one is found now, not mid-training); keep only its meta.
+
+    Returns rather than raises so a pool can carry on past bad files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return Skipped(str(path), "file not found")
+    try:
+        _, meta = read_image(path)
+    except BadInputError as err:
+        return Skipped.from_error(err)
+    except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not end the batch
+        return Skipped(str(path), f"cannot be decoded ({type(err).__name__}: {err})")
+    if meta.width <= 0 or meta.height <= 0:
+        return Skipped(str(path), f"image is {meta.width}x{meta.height}: no pixels")
+    return meta
+
+
+def probe_images(
+    paths: Sequence[Path],
+    progress: bool = True,
+    description: str = "Reading images",
+    workers: int | None = None,
+) -> list[ImageMeta | Skipped]:
+    """``probe_one`` over ``paths`` in a process pool, results in input order (stable image ids)."""
+    workers = workers or len(os.sched_getaffinity(0))
+    results: Iterable[ImageMeta | Skipped]
+    if len(paths) < SERIAL_BELOW or workers <= 1:
+        results = map(probe_one, paths)
+        return list(_track(results, len(paths), description, progress))
+    # Several chunks per worker keep both cores busy to the end without per-file IPC cost.
+    chunksize = max(1, len(paths) // (workers * 8))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(probe_one, paths, chunksize=chunksize)
+        return list(_track(results, len(paths), description, progress))
+
+
+def _track(items: Iterable[Any], total: int, description: str, progress: bool) -> Iterator[Any]:
+    # stderr, so `--json` output on stdout stays clean.
+    return iter(
+        track(items, total=total, description=description, disable=not progress,
+              console=Console(stderr=True), transient=True)
+    )
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every regular file below ``folder``, sorted; hidden files (.DS_Store and the like) ignored."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def add_probed(
+    builder: DatasetBuilder,
+    path: Path,
+    probed: ImageMeta | Skipped,
+    label: int,
+    body_part: str | None,
+    patient_id: str | None = None,
+    attributes: dict[str, Any] | None = None,
+    file_name: Path | None = None,
+) -> int | None:
+    """Add an image whose probe succeeded; otherwise list it as skipped. Returns its id or None."""
+    if isinstance(probed, Skipped):
+        builder.skipped.append(probed)
+        return None
+    try:
+        return builder.add_image(file_name or path, probed, label, body_part, patient_id, attributes)
+    except BadInputError as err:
+        builder.skipped.append(Skipped.from_error(err))
+        return None
+
+
+def finish(builder: DatasetBuilder, what: str | Path, info: dict[str, Any] | None = None) -> ImportResult:
+    """Save ``dataset.json``, or raise when nothing usable is left (the CLI exits non-zero)."""
+    if not builder.images:
+        reason = f"; first skipped: {builder.skipped[0]}" if builder.skipped else ""
+        raise LimbscanError(
+            f"{what}: nothing usable to import ({len(builder.skipped)} entries skipped{reason})"
+        )
+    dataset = builder.build()
+    dataset.info.update(info or {})
+    dataset.save()
+    return ImportResult(dataset, list(builder.skipped), list(builder.warnings))
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise LimbscanError(f"{path}: {what} is not a folder")
+    return path
+
+
+def lesion_geometry(ann: dict) -> tuple[Any, list[list[float]] | None, str | None]:
+    """The box and polygons of a COCO annotation, and why polygons were dropped (or None).
+
+    A box missing from the annotation is taken from its polygons. RLE masks and malformed
+    polygons are dropped (the box still counts) and the reason returned for a warning.
+    """
+    segmentation = ann.get("segmentation")
+    polygons: list[list[float]] | None = None
+    problem = None
+    if isinstance(segmentation, list) and segmentation:
+        try:
+            polygons = [[float(v) for v in poly] for poly in segmentation]
+        except (TypeError, ValueError):
+            polygons, problem = None, "segmentation is not a list of polygons; kept the box only"
+        else:
+            if any(len(poly) < 6 or len(poly) % 2 for poly in polygons):
+                polygons, problem = None, "a polygon has fewer than 3 points or an odd length; kept the box only"
+    elif segmentation:
+        problem = "segmentation is not in polygon form (RLE?); kept the box only"
+    bbox = ann.get("bbox")
+    if bbox is None and polygons:
+        xs = [v for poly in polygons for v in poly[0::2]]
+        ys = [v for poly in polygons for v in poly[1::2]]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    return bbox, polygons, problem

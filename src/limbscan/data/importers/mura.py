@@ -1,0 +1,97 @@
+"""MURA / LERA-style trees, labels and parts read from the path; no boxes.
+
+::
+
+    MURA-v1.1/train/XR_KNEE/patient00001/study1_positive/image1.png
+
+The study folder's ``_positive`` / ``_negative`` suffix gives the label, a part folder
+(``XR_KNEE``, or a bare ``knee``) the body part, and ``patientNNNNN`` the patient. Those ids
+are the dataset's own public, de-identified ids; they are kept as given with a ``mura:``
+prefix, so they cannot collide with pseudonyms from another import merged later. The prefix
+names the source, not the part, because one MURA patient can have studies of several parts,
+and the split must keep all of them together.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from limbscan.data.dataset import DatasetBuilder
+from limbscan.data.importers.common import (
+    ImportResult,
+    add_probed,
+    finish,
+    list_files,
+    probe_images,
+    require_dir,
+)
+from limbscan.errors import LimbscanError, Skipped
+from limbscan.io.bodypart import normalize_body_part
+
+PATIENT_PREFIX = "mura:"
+_STUDY = re.compile(r"^study\w*?_(positive|negative)$", re.IGNORECASE)
+_PATIENT = re.compile(r"^patient\w+$", re.IGNORECASE)
+_PART = re.compile(r"^XR_([A-Z]+)$", re.IGNORECASE)
+# Where MURA's own csv files and the like sit: not images, and not worth a line each.
+_NOT_IMAGES = {".csv", ".txt", ".md", ".json"}
+
+
+def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: bool = True) -> ImportResult:
+    """Import a MURA/LERA-style tree at ``root`` into the dataset folder ``out``."""
+    root = require_dir(Path(root), "MURA root")
+    builder = DatasetBuilder(Path(out), source="mura")
+
+    entries: list[tuple[Path, int, str | None, str | None]] = []
+    left_out: Counter[str] = Counter()  # upper-limb parts: one summary line each, not one per file
+    for path in list_files(root):
+        if path.suffix.lower() in _NOT_IMAGES:
+            continue
+        parts = path.relative_to(root).parts[:-1]
+        label = _label(parts)
+        if label is None:
+            builder.skip(path, "no study folder ending in _positive or _negative above it")
+            continue
+        raw_part, body_part = _body_part(parts)
+        if body_part is None and raw_part is not None:
+            if lower_limb_only:
+                left_out[raw_part] += 1
+                continue
+            body_part = raw_part  # outside BODY_PARTS, kept by request
+        patient = next((p for p in parts if _PATIENT.match(p)), None)
+        entries.append((path, label, body_part, PATIENT_PREFIX + patient if patient else None))
+
+    for raw_part, n in sorted(left_out.items()):
+        builder.warnings.append(Skipped(str(root), f"{n} {raw_part} image(s) left out: not lower limb"))
+    if not entries:
+        upper = sum(left_out.values())
+        hint = f" ({upper} upper-limb image(s) left out; pass lower_limb_only=False to keep them)" if upper else ""
+        raise LimbscanError(f"{root}: no usable images{hint}")
+
+    probed = probe_images([e[0] for e in entries], progress, "Reading images")
+    for (path, label, body_part, patient), meta in zip(entries, probed, strict=True):
+        add_probed(builder, path, meta, label, body_part, patient)
+    return finish(builder, root)
+
+
+def _label(parts: tuple[str, ...]) -> int | None:
+    for part in reversed(parts):
+        match = _STUDY.match(part)
+        if match:
+            return 1 if match.group(1).lower() == "positive" else 0
+    return None
+
+
+def _body_part(parts: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """``(raw part name, lower-limb body part)``; the first is None when no folder names a part."""
+    for part in parts:
+        match = _PART.match(part)
+        if match:
+            raw = match.group(1).lower()
+            return raw, normalize_body_part(raw)
+    for part in parts:  # LERA-style trees name the part without the XR_ prefix
+        body_part = normalize_body_part(part)
+        if body_part is not None:
+            return part.lower(), body_part
+    return None, None
