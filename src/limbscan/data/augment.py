@@ -1,0 +1,110 @@
+"""Run-time augmentation: the policy of Amiri et al. 2022.
+
+Each sample, each epoch, exactly one of: untouched (80 %), horizontal flip, rotation, shift or
+scale (5 % each). The probabilities and ranges live in :class:`limbscan.config.AugmentConfig`.
+Everything is torchvision ``transforms.v2`` on ``tv_tensors``, so lesion boxes (XYXY) and
+masks move with the image; a lesion moved wholly out of frame is dropped with its mask and
+label by ``v2.SanitizeBoundingBoxes``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from limbscan.config import AugmentConfig
+from limbscan.errors import LimbscanError
+
+OPS = ("none", "flip", "rotate", "shift", "scale")
+# Config probabilities are typed by hand in YAML: 0.8 + 4 * 0.05 is not exactly 1 in floats.
+_SUM_TOLERANCE = 1e-6
+
+
+def _check(cfg: AugmentConfig) -> list[float]:
+    probs = cfg.probabilities()
+    bad = {name: p for name, p in probs.items() if not (isinstance(p, (int, float)) and 0 <= p <= 1)}
+    if bad:
+        raise LimbscanError(f"config: data.augment probabilities must lie in [0, 1], got {bad}")
+    total = sum(probs.values())
+    if not math.isclose(total, 1.0, abs_tol=_SUM_TOLERANCE):
+        listed = ", ".join(f"p_{k}={v:g}" for k, v in probs.items())
+        raise LimbscanError(
+            f"config: data.augment probabilities must sum to 1 (exactly one op per sample), "
+            f"got {total:g} ({listed})"
+        )
+    if cfg.rotate_degrees < 0:
+        raise LimbscanError(f"config: data.augment.rotate_degrees must be >= 0, got {cfg.rotate_degrees}")
+    if not 0 <= cfg.shift_fraction <= 1:
+        raise LimbscanError(f"config: data.augment.shift_fraction must lie in [0, 1], got {cfg.shift_fraction}")
+    lo, hi = cfg.scale_range
+    if not 0 < lo <= hi:
+        raise LimbscanError(f"config: data.augment.scale_range must be 0 < low <= high, got {cfg.scale_range}")
+    return [float(probs[name]) for name in OPS]
+
+
+class PaperAugment(torch.nn.Module):
+    """Apply one op of the paper's policy to ``(image, target)``.
+
+    ``target`` holds ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY), ``masks``
+    (``tv_tensors.Mask``, N x H x W) and ``labels`` (N); other keys pass through. Plain tensors
+    are wrapped (the image as ``tv_tensors.Image``, boxes as XYXY on the image's canvas).
+    ``last_op`` names the op applied to the latest sample, for tests and logging.
+    """
+
+    def __init__(self, cfg: AugmentConfig | None = None):
+        super().__init__()
+        cfg = cfg or AugmentConfig()
+        self.p = torch.tensor(_check(cfg), dtype=torch.float64)
+        # Bilinear for pixels; v2 always resamples masks with nearest, so labels stay crisp.
+        bilinear = v2.InterpolationMode.BILINEAR
+        self.ops = torch.nn.ModuleDict(
+            {
+                "none": v2.Identity(),
+                "flip": v2.RandomHorizontalFlip(p=1.0),
+                "rotate": v2.RandomAffine(degrees=cfg.rotate_degrees, interpolation=bilinear),
+                "shift": v2.RandomAffine(
+                    degrees=0, translate=(cfg.shift_fraction, cfg.shift_fraction), interpolation=bilinear
+                ),
+                "scale": v2.RandomAffine(degrees=0, scale=tuple(cfg.scale_range), interpolation=bilinear),
+            }
+        )
+        self.sanitize = v2.SanitizeBoundingBoxes()  # finds target["labels"] itself
+        self.last_op = "none"
+
+    def forward(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, target = _wrap(image, target)
+        # Drawn from torch's generator like every v2 transform, so torch.manual_seed and
+        # DataLoader worker seeding govern the op and its parameters alike.
+        op = OPS[int(torch.multinomial(self.p, 1))]
+        self.last_op = op
+        if op == "none":
+            return image, target
+        image, target = self.ops[op](image, target)
+        if op != "flip":  # a flip keeps every box inside the frame
+            image, target = self.sanitize(image, target)
+        return image, target
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"p_{name}={p:g}" for name, p in zip(OPS, self.p.tolist()))
+
+
+def _wrap(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    if not isinstance(image, tv_tensors.Image):
+        image = tv_tensors.Image(image)
+    canvas = tuple(image.shape[-2:])
+    target = dict(target)
+    boxes = target.get("boxes")
+    if boxes is None:
+        boxes = torch.zeros((0, 4))
+    if not isinstance(boxes, tv_tensors.BoundingBoxes):
+        boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas)
+    target["boxes"] = boxes
+    if "masks" in target and not isinstance(target["masks"], tv_tensors.Mask):
+        target["masks"] = tv_tensors.Mask(target["masks"])
+    if "labels" not in target:
+        target["labels"] = torch.ones(len(boxes), dtype=torch.int64)
+    return image, target
