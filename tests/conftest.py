@@ -34,3 +34,15 @@ def pydicom_data():
         return Path(path)
 
     return get
+
+
+def pytest_configure(config):
+    # Under `pytest -n 2` each worker gets one core; torch's default of one thread per core
+    # would oversubscribe them and make small-tensor tests many times slower.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import torch
+        except ImportError:  # pragma: no cover
+            return
+        torch.set_num_threads(1)
