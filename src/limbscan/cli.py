@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so ``limbscan --help`` answers at
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -256,6 +257,8 @@ def anonymize_cmd(
 
 
 def main() -> None:
+    # pydicom's own warnings can quote element values; limbscan reports problems itself.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     try:
         app()
     except LimbscanError as err:
