@@ -248,3 +248,35 @@ def test_mura_all_parts_and_upper_only(tmp_path):
     png(upper / "valid" / "XR_HAND" / "patient11185" / "study1_negative" / "image1.png")
     with pytest.raises(LimbscanError, match="lower_limb_only"):
         import_mura(upper, tmp_path / "ds2", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["coco", "mura"])
+def test_every_importer_anonymises_dicom(tmp_path, pydicom_data, kind):
+    import pydicom
+
+    src = pydicom_data("CT_small.dcm")
+    original = pydicom.dcmread(src)
+    out = tmp_path / "ds"
+    if kind == "coco":
+        copy(src, tmp_path / "imgs" / "a.dcm")
+        png(tmp_path / "imgs" / "b.png")
+        ann = tmp_path / "ann.json"
+        ann.write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "a.dcm", "label": 0}, {"id": 2, "file_name": "b.png", "label": 0}],
+            "annotations": [], "categories": [{"id": 1, "name": "lesion"}],
+        }))
+        import_coco(ann, tmp_path / "imgs", out, progress=False)
+    else:
+        copy(src, tmp_path / "MURA" / "XR_KNEE" / "patient00001" / "study1_negative" / "image1.dcm")
+        png(tmp_path / "MURA" / "XR_KNEE" / "patient00002" / "study1_positive" / "image1.png")
+        import_mura(tmp_path / "MURA", out, progress=False)
+    ds = Dataset.load(out)
+    dicom = [im for im in ds.images if im["format"] == "dicom"]
+    assert len(dicom) == 1 and len(ds.images) == 2
+    # the dataset points at its own anonymised copy, never at the input
+    assert ds.image_path(dicom[0]).parent == out / "images"
+    copied = pydicom.dcmread(ds.image_path(dicom[0]))
+    assert copied.PatientIdentityRemoved == "YES"
+    assert str(copied.PatientID) != str(original.PatientID) and dicom[0]["patient_id"].startswith("anon-")
+    text = (out / "dataset.json").read_text()
+    assert str(original.PatientID) not in text and str(original.PatientName) not in text

@@ -18,7 +18,7 @@ from limbscan.data.importers.common import (
     add_probed,
     finish,
     lesion_geometry,
-    probe_images,
+    probe_sources,
     require_dir,
 )
 from limbscan.errors import LimbscanError, Skipped
@@ -54,15 +54,18 @@ def import_coco(annotations: Path, images: Path, out: Path, progress: bool = Tru
             anns_by_image[image_id].append(ann)
 
     paths = [images / str(entry["file_name"]) for entry in entries]  # an absolute file_name wins
-    probed = probe_images(paths, progress, "Reading images")
-    for entry, path, meta in zip(entries, paths, probed, strict=True):
+    sources = probe_sources(paths, Path(out), builder, progress)
+    for entry, path, src in zip(entries, paths, sources, strict=True):
+        if src is None:
+            continue
+        meta = src.probed
         anns = anns_by_image.get(entry["id"], [])
         if isinstance(meta, Skipped) and anns:
             meta = Skipped(meta.path, f"{meta.problem} (its {len(anns)} annotation(s) left out too)")
         label = entry.get("label", 1 if anns else 0)
         image_id = add_probed(
             builder, path, meta, label, _body_part(entry, path, builder),
-            _patient(entry), _attributes(entry, path, builder),
+            _patient(entry) or src.pseudonym, _attributes(entry, path, builder), file_name=src.file_name,
         )
         if image_id is None:
             continue

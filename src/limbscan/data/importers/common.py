@@ -13,11 +13,13 @@ from rich.progress import track
 
 from limbscan.data.dataset import Dataset, DatasetBuilder
 from limbscan.errors import BadInputError, LimbscanError, Skipped
-from limbscan.io import read_image
+from limbscan.io import read_image, sniff_format
 from limbscan.io.meta import ImageMeta
 
 # Below this many files a process pool costs more to start than it saves.
 SERIAL_BELOW = 16
+# Where importers put the anonymised copies of DICOM inputs, inside the dataset folder.
+IMAGES_DIR = "images"
 
 
 @dataclass
@@ -73,6 +75,75 @@ def _track(items: Iterable[Any], total: int, description: str, progress: bool) -
         track(items, total=total, description=description, disable=not progress,
               console=Console(stderr=True), transient=True)
     )
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input made ready for the dataset: the file to reference, its probe, its pseudonym."""
+
+    path: Path  # what the user gave (named in messages)
+    file_name: Path  # what the dataset points at: the input, or its anonymised copy
+    probed: ImageMeta | Skipped
+    pseudonym: str | None  # the DICOM patient's pseudonym; None for PNG / JPEG
+
+
+def probe_sources(
+    paths: Sequence[Path], out: Path, builder: DatasetBuilder, progress: bool = True
+) -> list[Source | None]:
+    """Anonymise every DICOM input into ``out/images/`` (PS3.15 basic profile), then decode-check
+    all inputs. ``None`` marks an input the anonymiser already listed in ``builder.skipped``.
+
+    Every importer goes through here, so no dataset ever points at a file holding patient data,
+    and no copy's name carries anything from the input path (folder names are often patient names).
+    """
+    anonymised = dict(_anonymise_all(paths, out, builder, progress))
+    readable = [anonymised[i][0] if i in anonymised else path for i, path in enumerate(paths)]
+    probed = probe_images(readable, progress, "Reading images")
+    sources: list[Source | None] = []
+    for i, (path, file_name, meta) in enumerate(zip(paths, readable, probed, strict=True)):
+        if i in anonymised:
+            if isinstance(meta, Skipped):
+                # Name the file the user gave, not our anonymised copy of it.
+                meta = Skipped(str(path), meta.problem)
+                file_name.unlink(missing_ok=True)
+            sources.append(Source(path, file_name, meta, anonymised[i][1]))
+        elif _is_dicom(path):
+            sources.append(None)
+        else:
+            sources.append(Source(path, path, meta, None))
+    return sources
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        return sniff_format(path) == "dicom" or path.suffix.lower() in (".dcm", ".dicom")
+    except (BadInputError, OSError):
+        return False  # the decode-check names the file and the problem
+
+
+def _anonymise_all(
+    paths: Sequence[Path], out: Path, builder: DatasetBuilder, progress: bool
+) -> Iterator[tuple[int, tuple[Path, str | None]]]:
+    """Yield ``(input index, (anonymised copy, pseudonym))``; failures go to ``builder.skipped``."""
+    dicom = [i for i, path in enumerate(paths) if _is_dicom(path)]
+    if not dicom:
+        return
+    # Imported here: only inputs holding DICOM need the anonymiser (and pydicom behind it).
+    from limbscan.io.anonymize import Anonymizer
+
+    anonymizer = Anonymizer()  # one per import: pseudonyms and UIDs consistent across its files
+    for i in _track(dicom, len(dicom), "Anonymising DICOM", progress):
+        src = paths[i]
+        dst = Path(out) / IMAGES_DIR / f"img{i:06d}.dcm"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pseudonym = anonymizer.anonymize_file(src, dst)
+        except BadInputError as err:
+            dst.unlink(missing_ok=True)
+            # The anonymiser may name its output; the user knows the file by its input path.
+            builder.skipped.append(Skipped(str(src), err.problem))
+            continue
+        yield i, (dst, pseudonym)
 
 
 def list_files(folder: Path) -> list[Path]:

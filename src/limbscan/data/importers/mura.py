@@ -24,7 +24,7 @@ from limbscan.data.importers.common import (
     add_probed,
     finish,
     list_files,
-    probe_images,
+    probe_sources,
     require_dir,
 )
 from limbscan.errors import LimbscanError, Skipped
@@ -69,9 +69,11 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
         hint = f" ({upper} upper-limb image(s) left out; pass lower_limb_only=False to keep them)" if upper else ""
         raise LimbscanError(f"{root}: no usable images{hint}")
 
-    probed = probe_images([e[0] for e in entries], progress, "Reading images")
-    for (path, label, body_part, patient), meta in zip(entries, probed, strict=True):
-        add_probed(builder, path, meta, label, body_part, patient)
+    sources = probe_sources([e[0] for e in entries], Path(out), builder, progress)
+    for (path, label, body_part, patient), src in zip(entries, sources, strict=True):
+        if src is not None:  # a DICOM study's own patient (pseudonymised) wins over the folder's
+            add_probed(builder, path, src.probed, label, body_part, src.pseudonym or patient,
+                       file_name=src.file_name)
     return finish(builder, root)
 
 
