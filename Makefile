@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.limbscan-installed
 DEMO   ?= demo
 FRACATLAS ?= ../shared/data/fracatlas-lowerlimb
 
-.PHONY: install demo test bench-ingest clean
+.PHONY: install demo test lint bench-ingest clean
 
 # torch and torchvision first, pinned: pip takes these builds from the machine's disk.
 $(STAMP): pyproject.toml
@@ -27,6 +27,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --timeout 600
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
 
 bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py --out benchmarks/results/ingest.json

@@ -143,7 +143,7 @@ class PeakRss:
             for pid in self._children():
                 self.workers_mb = max(self.workers_mb, _status_mb(pid, "VmHWM"))
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 

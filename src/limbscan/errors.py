@@ -33,5 +33,5 @@ class Skipped:
         return f"{self.path}: {self.problem}"
 
     @classmethod
-    def from_error(cls, err: BadInputError) -> "Skipped":
+    def from_error(cls, err: BadInputError) -> Skipped:
         return cls(err.path, err.problem)

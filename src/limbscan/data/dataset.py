@@ -23,9 +23,10 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from limbscan.errors import BadInputError, LimbscanError, Skipped
 from limbscan.io.meta import ImageMeta
@@ -90,7 +91,7 @@ class Dataset:
 
     # -- reading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, root: str | Path) -> "Dataset":
+    def load(cls, root: str | Path) -> Dataset:
         root = Path(root)
         path = root / DATASET_FILE if root.is_dir() else root
         if not path.is_file():

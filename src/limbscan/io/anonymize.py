@@ -33,9 +33,9 @@ import secrets
 from pathlib import Path
 
 from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as _annex_e
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import keyword_for_tag
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID_dictionary, generate_uid

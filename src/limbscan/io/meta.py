@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 BODY_PARTS = ("toe", "foot", "ankle", "leg", "knee", "femur", "hip")
 
 

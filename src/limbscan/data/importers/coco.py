@@ -15,9 +15,9 @@ from typing import Any
 from limbscan.data.dataset import SPLITS, DatasetBuilder
 from limbscan.data.importers.common import (
     ImportResult,
+    add_coco_lesions,
     add_probed,
     finish,
-    lesion_geometry,
     probe_sources,
     require_dir,
 )
@@ -83,12 +83,7 @@ def import_coco(annotations: Path, images: Path, out: Path, progress: bool = Tru
         if anns and image["label"] == 0:
             builder.warnings.append(Skipped(str(path), f"labelled normal; its {len(anns)} annotation(s) left out"))
             continue
-        for ann in anns:
-            where = f"{path} (annotation {ann.get('id')})"
-            bbox, polygons, problem = lesion_geometry(ann)
-            if problem:
-                builder.warnings.append(Skipped(where, problem))
-            builder.add_lesion(image_id, bbox, polygons, where=where)
+        add_coco_lesions(builder, image_id, anns, path)
     return finish(builder, annotations)
 
 

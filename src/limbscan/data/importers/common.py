@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import track
@@ -220,3 +221,13 @@ def lesion_geometry(ann: dict) -> tuple[Any, list[list[float]] | None, str | Non
         ys = [v for poly in polygons for v in poly[1::2]]
         bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
     return bbox, polygons, problem
+
+
+def add_coco_lesions(builder: DatasetBuilder, image_id: int, anns: list[dict], where: str | Path) -> None:
+    """Add COCO annotations as lesions of one image; each problem is listed, none is fatal."""
+    for ann in anns:
+        ann_where = f"{where} (annotation {ann.get('id')})"
+        bbox, polygons, problem = lesion_geometry(ann)
+        if problem:
+            builder.warnings.append(Skipped(ann_where, problem))
+        builder.add_lesion(image_id, bbox, polygons, where=ann_where)

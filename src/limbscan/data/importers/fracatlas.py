@@ -23,9 +23,9 @@ from pathlib import Path
 from limbscan.data.dataset import DatasetBuilder
 from limbscan.data.importers.common import (
     ImportResult,
+    add_coco_lesions,
     add_probed,
     finish,
-    lesion_geometry,
     list_files,
     probe_images,
     require_dir,
@@ -159,9 +159,4 @@ def _add_annotations(builder: DatasetBuilder, path: Path, ids_by_name: dict[str,
                 f"annotation file says {coco_image.get('width')}x{coco_image.get('height')}, "
                 f"the image is {image['width']}x{image['height']}"
             )))
-        for ann in anns:
-            ann_where = f"{where} (annotation {ann.get('id')})"
-            bbox, polygons, problem = lesion_geometry(ann)
-            if problem:
-                builder.warnings.append(Skipped(ann_where, problem))
-            builder.add_lesion(image_id, bbox, polygons, where=ann_where)
+        add_coco_lesions(builder, image_id, anns, where)
