@@ -63,8 +63,79 @@ class DataConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """The CNN of the whole-image baseline and of the cascade's second stage."""
+
+    backbone: str = "efficientnet_lite0"  # a name in limbscan.models.backbones
+    pretrained: bool = True  # ImageNet weights from a local source; never downloaded
+    image_size: int = 320  # whole-image input, square (letterboxed)
+    crop_size: int = 200  # cascade crop input, square (the paper's 200 x 200)
+    crop_margin: float = 0.15  # share of the box's width / height added on each side
+    top_k: int = 1  # cascade: crops per image; image score = max over them
+    dropout: float = 0.2
+
+
+@dataclass
+class DetectorConfig:
+    """Mask R-CNN (torchvision) on an FPN over a registry backbone; classes bg / normal / abnormal."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    fpn_channels: int = 128
+    min_size: int = 384  # torchvision's GeneralizedRCNNTransform sizes
+    max_size: int = 512
+    trainable_layers: int = 3  # backbone stages left trainable (the stem is always frozen)
+    rpn_batch_size_per_image: int = 128
+    box_batch_size_per_image: int = 128  # RoIs sampled per image for the box head
+    rpn_pre_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = 100
+    box_detections_per_img: int = 20
+    masks: bool = True
+
+
+@dataclass
+class TrainConfig:
+    scenario: str = "all"  # whole-image | detector | cascade | all
+    epochs: int = 6  # whole-image and cascade classifiers
+    detector_epochs: int = 4
+    batch_size: int = 16
+    detector_batch_size: int = 2
+    lr_backbone: float = 1e-3  # the paper: backbone (+ RPN) 1e-3 ...
+    lr_heads: float = 1e-4  # ... heads 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | step | constant (after warm-up)
+    balance: str = "sampler"  # sampler | loss | none (class imbalance)
+    amp: bool = True  # CUDA only
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    workers: int = 2  # DataLoader processes
+    max_steps_per_epoch: int = 0  # 0 = the whole training split; > 0 for demos and tests
+    tensorboard: bool = False
+    tta_flip: bool = False  # test-time horizontal flip
+
+
+@dataclass
+class SearchConfig:
+    """Random search: each key samples from its range; each trial trains on a short budget."""
+
+    trials: int = 8
+    epochs: int = 2
+    lr_backbone: tuple[float, float] = (1e-4, 1e-2)  # log-uniform
+    weight_decay: tuple[float, float] = (1e-6, 1e-3)  # log-uniform
+    image_size: tuple[int, ...] = (256, 320, 384)
+    crop_margin: tuple[float, float] = (0.0, 0.4)
+    augment_strength: tuple[float, float] = (0.5, 2.0)  # multiplies rotate / shift / scale ranges
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
