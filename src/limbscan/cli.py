@@ -239,6 +239,69 @@ def download_fracatlas_cmd(
     console.print(f"FracAtlas is in {root}; next: limbscan data import fracatlas {root} -o DS")
 
 
+# -- train / search ------------------------------------------------------------------
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/cpu.yaml.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides, key=value (e.g. train.epochs=3).")]
+
+
+@app.command("train")
+def train_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics.jsonl, config.yaml).")],
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    scenario: Annotated[
+        Optional[str], typer.Option(help="whole-image | detector | cascade | all (default: the config's).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN's last checkpoints.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train the whole-image baseline, the detector and / or the cascade on DS's train split."""
+    from limbscan.config import load_config, save_config
+    from limbscan.train.scenarios import train
+
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"  # a resumed run goes on with the settings it started with
+    cfg = load_config(config, list(overrides or []) + ([f"train.scenario={scenario}"] if scenario else []))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    results = train(dataset, cfg, out, resume=resume, progress=not quiet)
+    for name, result in results.items():
+        auc = result.get("best_val_auc")
+        console.print(
+            f"{name}: best validation AUC {'undefined' if auc is None else f'{auc:.3f}'} "
+            f"(epoch {result.get('best_epoch')}), {result.get('seconds', 0):.0f} s"
+        )
+    console.print(f"run saved in {out}")
+
+
+@app.command("search")
+def search_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Search folder (one subfolder per trial).")],
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    trials: Annotated[Optional[int], typer.Option(help="Number of trials (default: search.trials).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed (default: train.seed).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Random search on the validation split; writes search.csv, search.json and best.yaml."""
+    from rich.table import Table
+
+    from limbscan.config import load_config
+    from limbscan.train.search import random_search
+
+    cfg = load_config(config, list(overrides or []))
+    ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet)
+    table = Table(title="random search, ranked by validation AUC")
+    for column in ranked[0]:
+        table.add_column(column)
+    for row in ranked:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    console.print(f"best config: {out / 'best.yaml'}")
+
+
 # -- anonymize -----------------------------------------------------------------------
 @app.command("anonymize")
 def anonymize_cmd(

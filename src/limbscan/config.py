@@ -191,4 +191,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Plain dicts and lists (tuples become lists), ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return _build(Config, tree, "")
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Write the resolved config beside a run, so the run can be repeated from it."""
+    from limbscan.data.dataset import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return path

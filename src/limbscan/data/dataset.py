@@ -38,20 +38,24 @@ SPLITS = ("train", "val", "test")
 BOX_TOLERANCE_PX = 1.0
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text so that a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def check_box(bbox: Iterable[float], width: int, height: int, where: str) -> list[float]:

@@ -1,0 +1,76 @@
+"""Random search: sampling within the space, ranking by validation AUC, resuming a killed search."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import yaml
+
+from limbscan.config import Config, load_config
+from limbscan.errors import LimbscanError
+from limbscan.train.search import random_search, sample_trial
+
+
+def test_samples_stay_in_the_space_and_repeat_for_a_seed():
+    base = Config()
+    space = base.search
+    draws = [sample_trial(base, np.random.default_rng(3))[1] for _ in range(2)]
+    assert draws[0] == draws[1]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        cfg, s = sample_trial(base, rng)
+        assert space.lr_backbone[0] <= s["lr_backbone"] <= space.lr_backbone[1]
+        assert cfg.train.lr_heads / cfg.train.lr_backbone == pytest.approx(base.train.lr_heads / base.train.lr_backbone)
+        assert space.weight_decay[0] <= s["weight_decay"] <= space.weight_decay[1]
+        assert s["image_size"] in space.image_size and cfg.classifier.image_size == s["image_size"]
+        assert space.crop_margin[0] <= cfg.classifier.crop_margin <= space.crop_margin[1]
+        lo, hi = cfg.data.augment.scale_range
+        assert 0 < lo <= 1 <= hi
+        assert cfg.train.epochs == space.epochs
+    assert base == Config()  # the base config is not modified
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Stand in for the real trainer: validation AUC peaks at lr_backbone = 1e-3."""
+    calls = []
+
+    def train(dataset, cfg, out, resume=False, progress=True):
+        calls.append(out.name)
+        auc = 1.0 - abs(np.log10(cfg.train.lr_backbone) + 3) / 10
+        (out / "metrics.jsonl").write_text("{}\n")
+        return {"whole-image": {"best_val_auc": auc}, "cascade": {"best_val_auc": auc - 0.01}}
+
+    module = types.ModuleType("limbscan.train.scenarios")
+    module.train = train
+    monkeypatch.setitem(sys.modules, "limbscan.train.scenarios", module)
+    return calls
+
+
+def test_ranks_by_validation_auc_and_resumes(tmp_path, fake_train):
+    base = load_config(None, ["train.scenario=all", "search.trials=5"])
+    ranked = random_search(tmp_path / "ds", base, tmp_path / "search", seed=1, progress=False)
+    aucs = [r["val_auc"] for r in ranked]
+    assert aucs == sorted(aucs, reverse=True) and len(aucs) == 5
+    assert fake_train == [f"trial_{i:02d}" for i in range(5)]
+    table = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert table["ranked_by"] == "cascade validation AUC"
+    best = yaml.safe_load((tmp_path / "search" / "best.yaml").read_text())
+    assert best["train"]["lr_backbone"] == pytest.approx(ranked[0]["lr_backbone"])
+    assert (tmp_path / "search" / "search.csv").read_text().startswith("trial,dir,val_auc")
+    # a rerun (e.g. after a kill) trains nothing already finished, and asks for more only
+    again = random_search(tmp_path / "ds", base, tmp_path / "search", trials=6, seed=1, progress=False)
+    assert fake_train[5:] == ["trial_05"]
+    assert [r["trial"] for r in again if r["trial"] < 5] == [r["trial"] for r in ranked]
+
+
+def test_no_auc_at_all_is_an_error(tmp_path, monkeypatch):
+    module = types.ModuleType("limbscan.train.scenarios")
+    module.train = lambda *a, **k: {}
+    monkeypatch.setitem(sys.modules, "limbscan.train.scenarios", module)
+    with pytest.raises(LimbscanError, match="validation AUC"):
+        random_search(tmp_path, load_config(None, ["search.trials=2"]), tmp_path / "s", progress=False)
