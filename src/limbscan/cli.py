@@ -267,10 +267,11 @@ def train_cmd(
     save_config(cfg, out / "config.yaml")
     results = train(dataset, cfg, out, resume=resume, progress=not quiet)
     for name, result in results.items():
-        auc = result.get("best_val_auc")
+        auc = result.best_auc
+        seconds = sum(h.get("seconds", 0.0) for h in result.history)
         console.print(
             f"{name}: best validation AUC {'undefined' if auc is None else f'{auc:.3f}'} "
-            f"(epoch {result.get('best_epoch')}), {result.get('seconds', 0):.0f} s"
+            f"(epoch {result.best_epoch} of {result.epochs}), {seconds:.0f} s training"
         )
     console.print(f"run saved in {out}")
 

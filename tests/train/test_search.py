@@ -43,7 +43,7 @@ def fake_train(monkeypatch):
         calls.append(out.name)
         auc = 1.0 - abs(np.log10(cfg.train.lr_backbone) + 3) / 10
         (out / "metrics.jsonl").write_text("{}\n")
-        return {"whole-image": {"best_val_auc": auc}, "cascade": {"best_val_auc": auc - 0.01}}
+        return {"whole-image": types.SimpleNamespace(best_auc=auc), "cascade": types.SimpleNamespace(best_auc=auc - 0.01)}
 
     module = types.ModuleType("limbscan.train.scenarios")
     module.train = train

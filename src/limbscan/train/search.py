@@ -85,7 +85,7 @@ def random_search(
         else:
             save_config(cfg, trial_dir / "config.yaml")
             results = train(dataset, cfg, trial_dir, resume=(trial_dir / "metrics.jsonl").is_file(), progress=progress)
-            val_auc = (results.get(scenario) or {}).get("best_val_auc")
+            val_auc = getattr(results.get(scenario), "best_auc", None)
             row = {"trial": i, "dir": trial_dir.name, "val_auc": val_auc, **sampled}
             write_json_atomic(done, row)
         rows.append(row)

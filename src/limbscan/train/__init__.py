@@ -1,0 +1,26 @@
+"""Training: one engine for every stage (:func:`fit`), and the scenarios built on it."""
+
+from limbscan.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from limbscan.train.engine import FitResult, Stage, fit, init_distributed, shutdown_distributed
+
+
+def __getattr__(name: str):
+    # The scenarios pull in the models (timm, torchvision detection): imported when first asked for.
+    if name == "train":
+        from limbscan.train.scenarios import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "FitResult",
+    "Stage",
+    "fit",
+    "init_distributed",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "shutdown_distributed",
+    "train",
+]
