@@ -203,3 +203,22 @@ def test_scenario_names_and_auc_helpers():
         scenario_names("mask-rcnn")
     assert auc_or_none([1, 1], [0.2, 0.9]) is None
     assert auc_or_none([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+
+
+def test_undecodable_images_are_left_out_and_named(tmp_path, capsys):
+    from limbscan.config import load_config
+    from limbscan.data.dataset import Dataset
+    from limbscan.data.split import split_dataset
+    from limbscan.data.synth import synthesize
+    from limbscan.train.engine import DistInfo
+    from limbscan.train.scenarios import cached_dataset
+
+    ds = synthesize(tmp_path / "ds", n=6, seed=3, progress=False)
+    cfg = load_config(None, ["data.cache.longest_side=64", "data.cache.workers=1"])
+    ds = split_dataset(ds, cfg.data.split)
+    ds.save()
+    broken = ds.image_path(ds.images[0])
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated after the fact
+    ds = cached_dataset(Dataset.load(tmp_path / "ds"), cfg, DistInfo(0, 1, 0, torch.device("cpu")), progress=False)
+    assert len(ds.images) == 5 and all(ds.image_path(im) != broken for im in ds.images)
+    assert broken.name in capsys.readouterr().err

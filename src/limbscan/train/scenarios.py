@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from limbscan.config import Config, DetectorConfig
 from limbscan.data.augment import PaperAugment
-from limbscan.data.cache import load_cached
+from limbscan.data.cache import build_cache, load_cached
 from limbscan.data.dataset import Dataset, write_json_atomic
 from limbscan.data.torchdata import (
     CropDataset,
@@ -99,6 +100,26 @@ def prepare(ds: Dataset, cfg: Config) -> RunData:
         raise LimbscanError(f"{ds.root}: the train split has only one class; nothing to learn")
     mean, std = pixel_stats(ds, train_images, cfg.data.cache.longest_side)
     return RunData(ds, cfg, train_images, val_images, mean, max(std, 1e-3))
+
+
+def cached_dataset(ds: Dataset, cfg: Config, info: DistInfo, progress: bool = True) -> Dataset:
+    """Decode every image into the cache before training (rank 0; the others then find it
+    built), and leave out the images that cannot be decoded, each named once on stderr."""
+    if info.distributed and not info.is_main:
+        dist.barrier()
+    side, workers = cfg.data.cache.longest_side, cfg.data.cache.workers
+    report = build_cache(ds, longest_side=side, workers=workers, progress=progress and info.is_main)
+    if info.distributed and info.is_main:
+        dist.barrier()
+    if not report.skipped:
+        return ds
+    bad = {s.path for s in report.skipped}
+    if info.is_main:
+        for item in report.skipped:
+            print(f"skipped: {item}", file=sys.stderr)
+    ds.coco["images"] = [im for im in ds.images if str(ds.image_path(im)) not in bad]
+    ds.reindex()
+    return ds
 
 
 def auc_or_none(labels: Sequence[int], scores: Sequence[float]) -> float | None:
@@ -481,7 +502,7 @@ def train(
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed()
     try:
-        run = prepare(Dataset.load(ds_path), cfg)
+        run = prepare(cached_dataset(Dataset.load(ds_path), cfg, info, progress), cfg)
         results: dict[str, FitResult] = {}
         for name in names:
             # Each stage starts from the same seed, so it builds the same initial model whether or
