@@ -222,3 +222,19 @@ def test_undecodable_images_are_left_out_and_named(tmp_path, capsys):
     ds = cached_dataset(Dataset.load(tmp_path / "ds"), cfg, DistInfo(0, 1, 0, torch.device("cpu")), progress=False)
     assert len(ds.images) == 5 and all(ds.image_path(im) != broken for im in ds.images)
     assert broken.name in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_report_lists_every_stage_and_says_synthetic(trained):
+    out, _ = trained
+    text = (out / "report.md").read_text()
+    assert "SYNTHETIC" in text.split("|")[0]  # before any figure
+    # a later call that trains (or resumes) one stage into the folder keeps the others listed
+    summary = json.loads((out / "train.json").read_text())["scenarios"]
+    assert list(summary) == ["whole-image", "detector", "cascade"]
+    for name, r in summary.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        best = "undefined" if r["best_val_auc"] is None else f"{r['best_val_auc']:.3f}"
+        assert f"| {r['epochs']} | {r['best_epoch']} | {best} |" in row
+    assert "not a test result" in text
+    assert "## Dataset" in text

@@ -55,6 +55,7 @@ from limbscan.errors import LimbscanError
 from limbscan.models import build_classifier, build_detector, detector_param_groups, image_scores, top_boxes
 from limbscan.train.checkpoint import BEST, load_checkpoint, seed_everything
 from limbscan.train.engine import DistInfo, FitResult, fit, init_distributed, shutdown_distributed
+from limbscan.train.report import write_training_report
 
 SCENARIOS = ("whole-image", "detector", "cascade")
 BALANCE = ("sampler", "loss", "none")
@@ -512,17 +513,24 @@ def train(
             results[name] = fit(stage, out, cfg, resume=resume, progress=progress)
             del stage
         if info.is_main:
-            write_json_atomic(out / "train.json", {
-                "scenarios": {
-                    name: {"epochs": r.epochs, "best_epoch": r.best_epoch, "best_val_auc": r.best_auc,
-                           "checkpoint": f"{name}/{BEST}"}
-                    for name, r in results.items()
-                },
+            # Stages trained into this folder by earlier calls (e.g. the detector before a
+            # `--scenario cascade` run) stay listed beside the ones trained now.
+            summary_path = out / "train.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+            scenarios = summary.get("scenarios", {})
+            scenarios.update({
+                name: {"epochs": r.epochs, "best_epoch": r.best_epoch, "best_val_auc": r.best_auc,
+                       "checkpoint": f"{name}/{BEST}"}
+                for name, r in results.items()
+            })
+            write_json_atomic(summary_path, {
+                "scenarios": {name: scenarios[name] for name in SCENARIOS if name in scenarios},
                 "pixel_mean": run.pixel_mean,
                 "pixel_std": run.pixel_std,
                 "train_images": len(run.train_images),
                 "val_images": len(run.val_images),
             })
+            write_training_report(out, run.ds, cfg)
         return results
     finally:
         if owns_group:
