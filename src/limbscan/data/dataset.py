@@ -44,6 +44,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide datasets and reports from a shared group
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
