@@ -214,3 +214,20 @@ def test_to_device_moves_nested_batches():
     assert isinstance(moved, tuple) and moved[1]["name"] == "x"
     assert moved[2].is_contiguous(memory_format=torch.channels_last)
     assert math.isclose(float(moved[1]["boxes"].sum()), 4.0)
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"format": 1, "epoch": 1}, path)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(LimbscanError, match="disk full.*intact.*--resume"):
+        save_checkpoint({"format": 1, "epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -7,6 +7,7 @@ tuples and dicts: NumPy's generator state is stored as a tensor for that reason.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from limbscan.errors import BadInputError
+from limbscan.errors import BadInputError, LimbscanError
 
 FORMAT = 1  # bump when the payload's keys change meaning
 LAST, BEST = "last.pt", "best.pt"
@@ -36,8 +37,13 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LimbscanError(
+                f"{path}: disk full while writing the checkpoint; the previous {path.name} is intact. "
+                "Free some space and rerun with --resume."
+            ) from err
         raise
     _fsync_dir(path.parent)
     return path
