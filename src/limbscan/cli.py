@@ -303,6 +303,40 @@ def search_cmd(
     console.print(f"best config: {out / 'best.yaml'}")
 
 
+# -- evaluate ------------------------------------------------------------------------
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="A trained run folder (a bundle once `export` exists).")],
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder: metrics.json, report.md/.html, figures.")],
+    split: Annotated[str, typer.Option(help="test | val | train | all (all: every image, e.g. a new dataset).")] = "test",
+    target_sensitivity: Annotated[
+        Optional[float], typer.Option(help="Operating point: reach this sensitivity on validation (default: Youden's J).")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,
+    quiet: Quiet = False,
+) -> None:
+    """Score a trained run on one split; threshold from the validation split, CIs, DeLong tests, figures."""
+    from limbscan.eval.evaluate import evaluate
+
+    if split not in ("test", "val", "train", "all"):
+        raise LimbscanError(f"--split {split!r}: use test, val, train or all")
+    metrics = evaluate(run, dataset, split, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
+                       progress=not quiet)
+    for name, m in metrics["scenarios"].items():
+        auc = "undefined" if m["auc"] is None else f"{m['auc']:.3f}"
+        ci = m.get("auc_ci95")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        console.print(
+            f"{name}: AUC {auc}{ci_text}, sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, "
+            f"accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3f}", highlight=False,
+        )
+    for c in metrics["comparisons"]:
+        p = "n/a" if c["delong_p"] is None else f"{c['delong_p']:.3g}"
+        console.print(f"{c['a']} vs {c['b']}: DeLong p = {p}", highlight=False)
+    console.print(f"report: {out / 'report.md'}")
+
+
 # -- anonymize -----------------------------------------------------------------------
 @app.command("anonymize")
 def anonymize_cmd(

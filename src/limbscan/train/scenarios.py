@@ -489,6 +489,26 @@ def make_stage(name: str, run: RunData, out: str | Path, resume: bool = False, p
     raise LimbscanError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
 
 
+VAL_SCORES_FILE = "val_scores.json"
+
+
+def write_val_scores(out: Path, run: RunData) -> Path:
+    """Every trained scenario's scores on the validation split, from its best checkpoint: where
+    evaluation picks its operating threshold, so it never picks one on the split it reports."""
+    from limbscan.eval.scoring import score_run  # evaluation builds on training, not the reverse
+
+    scored = score_run(out, run.ds, run.val_images)
+    path = Path(out) / VAL_SCORES_FILE
+    write_json_atomic(path, {
+        "dataset": str(run.ds.root.resolve()),
+        "image_ids": [int(im["id"]) for im in run.val_images],
+        "labels": [int(im["label"]) for im in run.val_images],
+        "scores": {name: [round(float(v), 6) for v in s.scores] for name, s in scored.items()},
+        "train_body_parts": sorted({im.get("body_part") or "unknown" for im in run.train_images}),
+    })
+    return path
+
+
 def train(
     ds_path: str | Path, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, FitResult]:
@@ -530,6 +550,7 @@ def train(
                 "train_images": len(run.train_images),
                 "val_images": len(run.val_images),
             })
+            write_val_scores(out, run)
             write_training_report(out, run.ds, cfg)
         return results
     finally:

@@ -1,0 +1,190 @@
+"""``limbscan evaluate``: score a trained run on one split of a dataset and write the report.
+
+The operating threshold of each scenario is chosen on the run's VALIDATION scores
+(``RUN/val_scores.json``, written at the end of training) and applied unchanged to the reported
+split; asking to report the split the threshold came from is an error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from limbscan.data.dataset import Dataset
+from limbscan.errors import LimbscanError
+from limbscan.eval.localisation import localisation_summary
+from limbscan.eval.metrics import (
+    binary_metrics,
+    bootstrap_auc_diff,
+    bootstrap_ci,
+    choose_threshold,
+    delong_test,
+    undefined_reason,
+)
+from limbscan.eval.scoring import Scored, score_run
+
+VAL_SCORES_FILE = "val_scores.json"
+# An image-level tag is reported per value when it takes few values (FracAtlas: 0 / 1 flags).
+MAX_TAG_VALUES = 5
+GALLERY_PER_KIND = 4
+
+
+def _validation_scores(run: Path, ds: Dataset, progress: bool) -> dict[str, Any]:
+    path = run / VAL_SCORES_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    # A run trained before val_scores.json existed: score the validation split of this dataset.
+    val = ds.split_images("val")
+    if not val:
+        raise LimbscanError(
+            f"{path}: not found, and {ds.root} has no val split to choose the operating threshold on; "
+            "evaluate with the dataset the run was trained on"
+        )
+    scored = score_run(run, ds, val, progress=progress)
+    return {
+        "dataset": str(ds.root.resolve()),
+        "image_ids": [int(im["id"]) for im in val],
+        "labels": [int(im["label"]) for im in val],
+        "scores": {name: s.scores.tolist() for name, s in scored.items()},
+        "train_body_parts": None,
+    }
+
+
+def _groups(images: list[dict]) -> list[str]:
+    return [im.get("patient_id") or f"image:{im['id']}" for im in images]
+
+
+def _auc_block(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    m = binary_metrics(labels, scores, 0.5)
+    return {"auc": m.auc, "n": m.n, "n_abnormal": m.n_pos,
+            **({"auc_undefined_reason": m.auc_undefined_reason} if m.auc is None else {})}
+
+
+def _by_group(images: list[dict], s: Scored, key) -> dict[str, dict]:
+    values: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        values.setdefault(str(key(image)), []).append(i)
+    return {v: _auc_block(s.labels[idx], s.scores[idx]) for v, idx in sorted(values.items())}
+
+
+def _tags(images: list[dict]) -> list[str]:
+    seen: dict[str, set] = {}
+    for image in images:
+        for k, v in (image.get("attributes") or {}).items():
+            if isinstance(v, (int, str, bool)):
+                seen.setdefault(k, set()).add(v)
+    return sorted(k for k, vals in seen.items() if 1 < len(vals) <= MAX_TAG_VALUES)
+
+
+def _truths(ds: Dataset, images: list[dict]) -> dict[int, list[list[float]]]:
+    truths = {}
+    for image in images:
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in ds.annotations_for(image["id"]))]
+        if boxes and int(image["label"]) == 1:
+            truths[int(image["id"])] = boxes
+    return truths
+
+
+def _gallery(ds: Dataset, images: list[dict], s: Scored, threshold: float, truths: dict) -> list[dict]:
+    """Up to four each of true positives, false positives (most confident first) and false negatives."""
+    from limbscan.io import read_image
+
+    order = np.argsort(-s.scores)
+    predicted, label = s.scores >= threshold, s.labels == 1
+    kinds = {
+        "TP": [i for i in order if predicted[i] and label[i]][:GALLERY_PER_KIND],
+        "FP": [i for i in order if predicted[i] and not label[i]][:GALLERY_PER_KIND],
+        # the misses worth seeing are the least suspected ones
+        "FN": [i for i in order[::-1] if label[i] and not predicted[i]][:GALLERY_PER_KIND],
+    }
+    items = []
+    for kind, indices in kinds.items():
+        for i in indices:
+            image = images[i]
+            pixels, _ = read_image(ds.image_path(image))
+            top = s.top_box(int(image["id"]))
+            items.append({
+                "image": pixels,
+                "pred_boxes": [top] if top else [],
+                "true_boxes": truths.get(int(image["id"]), []),
+                "title": f"{kind} {s.scores[i]:.2f}",
+                "kind": kind,
+            })
+    return items
+
+
+def evaluate(
+    run: str | Path,
+    dataset: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    target_sensitivity: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    gallery: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``run`` on ``split`` of ``dataset``; write metrics.json and the report into ``out``."""
+    from limbscan.eval.report import write_report
+
+    run, ds = Path(run), Dataset.load(dataset)
+    images = ds.split_images(split)
+    if not images:
+        raise LimbscanError(f"{ds.root}: the {split} split is empty (split the dataset, or use --split all)")
+    val = _validation_scores(run, ds, progress)
+    same_dataset = val.get("dataset") == str(ds.root.resolve())
+    if same_dataset and split == "val":
+        raise LimbscanError(
+            f"{ds.root}: the operating threshold is chosen on this val split; report test (or another dataset)"
+        )
+    scored = score_run(run, ds, images, progress=progress)
+    labels = np.asarray([int(im["label"]) for im in images])
+    groups = _groups(images)
+    truths = _truths(ds, images)
+    seen_parts = set(val.get("train_body_parts") or [])
+    metrics: dict[str, Any] = {
+        "split": split,
+        "dataset": ds.root.name,
+        "n": len(images),
+        "n_abnormal": int(labels.sum()),
+        "synthetic": ds.synthetic,
+        "threshold_method": "sensitivity" if target_sensitivity is not None else "youden",  # on validation
+        "target_sensitivity": target_sensitivity,
+        "auc_undefined_reason": undefined_reason(labels),
+        "unseen_body_parts": sorted({im.get("body_part") or "unknown" for im in images} - seen_parts)
+        if seen_parts else [],
+        "scenarios": {},
+        "comparisons": [],
+    }
+    for name, s in scored.items():
+        val_labels, val_scores = np.asarray(val["labels"]), np.asarray(val["scores"][name])
+        threshold = choose_threshold(val_labels, val_scores, method=metrics["threshold_method"],
+                                     target_sensitivity=target_sensitivity)
+        m = binary_metrics(s.labels, s.scores, threshold)
+        cis = bootstrap_ci(s.labels, s.scores, threshold, groups=groups, n_boot=n_boot, seed=seed)
+        entry = {**m.as_dict(), **{f"{k}_ci95": (list(v) if v else None) for k, v in cis.items()}}
+        entry["by_body_part"] = _by_group(images, s, lambda im: im.get("body_part") or "unknown")
+        entry["by_tag"] = {
+            tag: _by_group(images, s, lambda im, tag=tag: (im.get("attributes") or {}).get(tag, "missing"))
+            for tag in _tags(images)
+        }
+        if name in ("detector", "cascade") and truths:
+            predictions = {i: {"boxes": b["boxes"], "scores": b["scores"]} for i, b in s.boxes.items()}
+            entry["localisation"] = localisation_summary(predictions, truths, mode="iomin")
+        metrics["scenarios"][name] = entry
+    for a, b in itertools.combinations(scored, 2):
+        d = delong_test(labels, scored[a].scores, scored[b].scores)
+        boot = bootstrap_auc_diff(labels, scored[a].scores, scored[b].scores, groups=groups, n_boot=n_boot, seed=seed)
+        metrics["comparisons"].append({"a": a, "b": b, "auc_diff": d["diff"], "delong_p": d["p"],
+                                       "bootstrap_p": boot["p"]})
+    if out is not None:
+        best = "cascade" if "cascade" in scored else next(iter(scored))
+        items = (_gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths)
+                 if gallery else None)
+        curves = {name: (s.labels, s.scores) for name, s in scored.items()}
+        write_report(Path(out), metrics, curves, items)
+    return metrics

@@ -1,0 +1,81 @@
+"""Scoring a trained run reproduces what training measured on the same images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from limbscan.config import Config
+from limbscan.data.dataset import Dataset
+from limbscan.data.split import split_dataset
+from limbscan.data.synth import synthesize
+from limbscan.errors import LimbscanError
+from limbscan.eval.scoring import score_run, trained_scenarios
+from limbscan.train.scenarios import auc_or_none, train
+
+TINY = "mobilenetv3_small_050"
+
+
+def tiny_config() -> Config:
+    cfg = Config()
+    cfg.data.cache.longest_side = 160
+    for section in (cfg.classifier, cfg.detector):
+        section.backbone, section.pretrained = TINY, False
+    cfg.classifier.image_size, cfg.classifier.crop_size, cfg.classifier.top_k = 64, 48, 2
+    cfg.detector.min_size, cfg.detector.max_size, cfg.detector.fpn_channels = 128, 160, 32
+    cfg.detector.rpn_batch_size_per_image, cfg.detector.box_batch_size_per_image = 64, 32
+    t = cfg.train
+    t.workers, t.warmup_steps, t.batch_size, t.epochs, t.detector_epochs = 0, 0, 8, 2, 2
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ds")
+    ds = split_dataset(synthesize(root, n=30, seed=5, abnormal_fraction=0.5, progress=False), Config().data.split)
+    ds.save()
+    out = tmp_path_factory.mktemp("run")
+    train(root, tiny_config(), out, progress=False)
+    yield root, out
+    torch.set_num_threads(before)
+
+
+def test_val_scores_reproduce_the_training_validation_auc(trained_run):
+    root, out = trained_run
+    ds = Dataset.load(root)
+    val = ds.split_images("val")
+    scored = score_run(out, ds, val)
+    assert list(scored) == trained_scenarios(out) == ["whole-image", "detector", "cascade"]
+    summary = json.loads((out / "train.json").read_text())["scenarios"]
+    for name, s in scored.items():
+        assert s.image_ids == [im["id"] for im in val]
+        assert np.all((s.scores >= 0) & (s.scores <= 1))
+        expected = summary[name]["best_val_auc"]
+        got = auc_or_none(s.labels, s.scores)
+        assert (got is None and expected is None) or got == pytest.approx(expected, abs=1e-6), name
+
+
+def test_cascade_crops_the_detectors_top_boxes(trained_run):
+    root, out = trained_run
+    ds = Dataset.load(root)
+    images = ds.split_images("test")
+    scored = score_run(out, ds, images, scenarios=["detector", "cascade"])
+    for image in images:
+        crops = scored["cascade"].boxes[image["id"]]
+        assert 1 <= len(crops["boxes"]) <= 2  # top_k = 2; the whole image when the detector found nothing
+        assert crops["scores"] == sorted(crops["scores"], reverse=True)
+        i = scored["cascade"].image_ids.index(image["id"])
+        assert scored["cascade"].scores[i] == pytest.approx(crops["scores"][0])
+        for x0, y0, x1, y1 in crops["boxes"]:
+            assert 0 <= x0 < x1 <= image["width"] + 1e-3 and 0 <= y0 < y1 <= image["height"] + 1e-3
+
+
+def test_missing_stages_are_named(tmp_path, trained_run):
+    root, _ = trained_run
+    with pytest.raises(LimbscanError, match="no trained scenario"):
+        score_run(tmp_path, Dataset.load(root), [])
