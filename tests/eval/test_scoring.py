@@ -79,3 +79,34 @@ def test_missing_stages_are_named(tmp_path, trained_run):
     root, _ = trained_run
     with pytest.raises(LimbscanError, match="no trained scenario"):
         score_run(tmp_path, Dataset.load(root), [])
+
+
+def test_evaluate_reports_test_with_thresholds_from_validation(trained_run, tmp_path):
+    from limbscan.eval.evaluate import evaluate
+    from limbscan.eval.metrics import choose_threshold
+
+    root, out = trained_run
+    val = json.loads((out / "val_scores.json").read_text())
+    metrics = evaluate(out, root, "test", tmp_path / "report", n_boot=200, progress=False)
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["n"] == len(Dataset.load(root).split_images("test"))
+    assert saved["synthetic"] is True
+    for name, m in metrics["scenarios"].items():
+        expected = choose_threshold(np.asarray(val["labels"]), np.asarray(val["scores"][name]))
+        assert m["threshold"] == pytest.approx(expected)
+        assert m["tp"] + m["fn"] + m["fp"] + m["tn"] == saved["n"]
+    assert {(c["a"], c["b"]) for c in metrics["comparisons"]} == {
+        ("whole-image", "detector"), ("whole-image", "cascade"), ("detector", "cascade")}
+    for name in ("report.md", "report.html", "roc.png", "confusion.png", "calibration.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert "SYNTHETIC" in (tmp_path / "report" / "report.md").read_text().upper()
+
+
+def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_path):
+    from limbscan.eval.evaluate import evaluate
+
+    root, out = trained_run
+    with pytest.raises(LimbscanError, match="threshold is chosen on this val split"):
+        evaluate(out, root, "val", None, progress=False)
+    with pytest.raises(LimbscanError, match="split is empty"):
+        evaluate(out, root, "nonexistent", None, progress=False)

@@ -167,6 +167,7 @@ def evaluate(
         m = binary_metrics(s.labels, s.scores, threshold)
         cis = bootstrap_ci(s.labels, s.scores, threshold, groups=groups, n_boot=n_boot, seed=seed)
         entry = {**m.as_dict(), **{f"{k}_ci95": (list(v) if v else None) for k, v in cis.items()}}
+        entry["confusion"] = {"tp": m.tp, "fn": m.fn, "fp": m.fp, "tn": m.tn}  # the DESIGN.md contract
         entry["by_body_part"] = _by_group(images, s, lambda im: im.get("body_part") or "unknown")
         entry["by_tag"] = {
             tag: _by_group(images, s, lambda im, tag=tag: (im.get("attributes") or {}).get(tag, "missing"))

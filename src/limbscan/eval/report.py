@@ -88,6 +88,8 @@ def _num(value: Any, digits: int = 3) -> str:
         return str(value).lower()
     if isinstance(value, int | np.integer):
         return str(int(value))
+    if isinstance(value, str):  # e.g. the localisation's hit mode
+        return value
     return f"{float(value):.{digits}f}"
 
 
