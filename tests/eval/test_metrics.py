@@ -272,3 +272,13 @@ def test_bootstrap_rejects_unknown_metric_and_bad_groups():
         bootstrap_ci([0, 1], [0.1, 0.9], 0.5, metrics=("auprc",))
     with pytest.raises(MetricsInputError, match="patient ids"):
         bootstrap_ci([0, 1, 0], [0.1, 0.9, 0.2], 0.5, groups=["a", "b"])
+
+
+def test_delong_has_no_p_for_a_difference_without_variance():
+    from limbscan.eval.metrics import delong_test
+
+    labels = [0, 0, 1, 1]
+    perfect, inverted = [0.1, 0.2, 0.8, 0.9], [0.9, 0.8, 0.2, 0.1]
+    result = delong_test(labels, perfect, inverted)
+    assert result["diff"] == pytest.approx(1.0) and result["p"] is None
+    assert delong_test(labels, perfect, perfect)["p"] == 1.0

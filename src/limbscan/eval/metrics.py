@@ -214,7 +214,8 @@ def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> 
     Uses Sun & Xu's (2014) midrank algorithm. All values are ``None`` when AUC is undefined
     (one class) or a class has a single image (its variance term cannot be estimated).
     When both score sets rank every pair identically the difference has zero variance:
-    ``se`` is 0 and ``p`` is 1 (``z`` is ``None``).
+    ``se`` is 0 and ``p`` is 1 (``z`` is ``None``); a non-zero difference with zero variance
+    (both AUCs at 0 or 1) has ``p`` ``None``: the test cannot say.
     """
     y, a = _check(labels, scores_a)
     _, b = _check(labels, scores_b)
@@ -225,9 +226,10 @@ def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> 
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = float(np.sqrt(max(var, 0.0)))
-    # var can come out as a rounding-level negative or zero when the two rankings agree
+    # var can come out as a rounding-level negative or zero when the two rankings agree; a
+    # difference with no variance (e.g. AUC 1 against AUC 0 on a handful of images) has no p.
     if se <= 1e-12:
-        z, p = None, 1.0
+        z, p = None, (1.0 if abs(diff) <= 1e-12 else None)
     else:
         z = diff / se
         p = float(2 * norm.sf(abs(z)))
