@@ -323,6 +323,29 @@ def evaluate_cmd(
         raise LimbscanError(f"--split {split!r}: use test, val, train or all")
     metrics = evaluate(run, dataset, split, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
                        progress=not quiet)
+    _print_evaluation(metrics, out)
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run (OUT/run) and the report (OUT/report).")],
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,
+    quiet: Quiet = False,
+) -> None:
+    """Train whole-image, detector and cascade on one split, evaluate on test, compare in one report."""
+    from limbscan.config import load_config
+    from limbscan.eval.benchmark import benchmark
+
+    metrics = benchmark(dataset, load_config(config, list(overrides or [])), out, n_boot=n_boot, progress=not quiet)
+    for t in metrics["timing"]:
+        console.print(f"{t['stage']}: {t['seconds'] / 60:.1f} min, peak RSS {t['peak_rss_mb']:.0f} MB", highlight=False)
+    _print_evaluation(metrics, out / "report")
+
+
+def _print_evaluation(metrics: dict, out: Path) -> None:
     for name, m in metrics["scenarios"].items():
         auc = "undefined" if m["auc"] is None else f"{m['auc']:.3f}"
         ci = m.get("auc_ci95")

@@ -110,3 +110,20 @@ def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_
         evaluate(out, root, "val", None, progress=False)
     with pytest.raises(LimbscanError, match="split is empty"):
         evaluate(out, root, "nonexistent", None, progress=False)
+
+
+def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path):
+    import shutil
+
+    from limbscan.eval.benchmark import benchmark
+
+    root, out = trained_run
+    # A copy of the trained run: the benchmark resumes it, so only evaluation runs here.
+    shutil.copytree(out, tmp_path / "bench" / "run")
+    metrics = benchmark(root, tiny_config(), tmp_path / "bench", n_boot=100, progress=False)
+    stages = [t["stage"] for t in metrics["timing"]]
+    assert stages == ["train whole-image", "train detector", "train cascade", "evaluate (test)", "total"]
+    assert all(t["seconds"] >= 0 and t["peak_rss_mb"] > 0 for t in metrics["timing"])
+    assert set(metrics["scenarios"]) == {"whole-image", "detector", "cascade"}
+    text = (tmp_path / "bench" / "report" / "report.md").read_text()
+    assert "Wall time and peak memory" in text and "evaluate (test)" in text

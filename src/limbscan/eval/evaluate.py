@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,20 @@ def _gallery(ds: Dataset, images: list[dict], s: Scored, threshold: float, truth
     return items
 
 
+@dataclass
+class Evaluation:
+    """What a report is made of: the metrics.json content, the ROC inputs, the gallery."""
+
+    metrics: dict[str, Any]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+    gallery: list[dict] | None
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        from limbscan.eval.report import write_report
+
+        return write_report(Path(out), self.metrics, self.curves, self.gallery)
+
+
 def evaluate(
     run: str | Path,
     dataset: str | Path,
@@ -129,8 +144,23 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``run`` on ``split`` of ``dataset``; write metrics.json and the report into ``out``."""
-    from limbscan.eval.report import write_report
+    result = measure(run, dataset, split, target_sensitivity, n_boot, seed, gallery, progress)
+    if out is not None:
+        result.write(out)
+    return result.metrics
 
+
+def measure(
+    run: str | Path,
+    dataset: str | Path,
+    split: str = "test",
+    target_sensitivity: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    gallery: bool = True,
+    progress: bool = True,
+) -> Evaluation:
+    """The measurements behind :func:`evaluate`, without writing anything."""
     run, ds = Path(run), Dataset.load(dataset)
     images = ds.split_images(split)
     if not images:
@@ -182,10 +212,6 @@ def evaluate(
         boot = bootstrap_auc_diff(labels, scored[a].scores, scored[b].scores, groups=groups, n_boot=n_boot, seed=seed)
         metrics["comparisons"].append({"a": a, "b": b, "auc_diff": d["diff"], "delong_p": d["p"],
                                        "bootstrap_p": boot["p"]})
-    if out is not None:
-        best = "cascade" if "cascade" in scored else next(iter(scored))
-        items = (_gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths)
-                 if gallery else None)
-        curves = {name: (s.labels, s.scores) for name, s in scored.items()}
-        write_report(Path(out), metrics, curves, items)
-    return metrics
+    best = "cascade" if "cascade" in scored else next(iter(scored))
+    items = _gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths) if gallery else None
+    return Evaluation(metrics, {name: (s.labels, s.scores) for name, s in scored.items()}, items)

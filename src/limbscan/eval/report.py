@@ -377,7 +377,21 @@ def _blocks(metrics: Mapping[str, Any], title: str, figures: Mapping[str, Path] 
         *_body_part_blocks(metrics),
         *_tag_blocks(metrics),
         *_localisation_blocks(metrics),
+        *_timing_blocks(metrics),
         *_figure_blocks(figures),
+    ]
+
+
+def _timing_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
+    """``limbscan benchmark``'s cost of each stage: wall time and peak memory, as measured."""
+    timing = metrics.get("timing")
+    if not timing:
+        return []
+    rows = [[t["stage"], f"{t['seconds'] / 60:.1f}", _num(t.get("peak_rss_mb"), 0)] for t in timing]
+    return [
+        _Block("h2", "Wall time and peak memory"),
+        _table(["stage", "minutes", "peak RSS (MB)"], rows),
+        _Block("p", metrics.get("timing_note", "Peak RSS is the process's high-water mark at the end of the stage.")),
     ]
 
 
