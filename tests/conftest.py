@@ -37,12 +37,12 @@ def pydicom_data():
 
 
 def pytest_configure(config):
-    # Under `pytest -n 2` each worker gets one core; torch's default of one thread per core
-    # would oversubscribe them and make small-tensor tests many times slower.
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
-        torch.set_num_threads(1)
+    # Every test's tensors are small: one intra-op thread is as fast as two, and immune to the
+    # many-fold slowdown of OpenMP threads spinning on a core another process (or the other
+    # `pytest -n 2` worker) is using. Subprocesses inherit OMP_NUM_THREADS.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(1)

@@ -16,14 +16,6 @@ from limbscan.errors import LimbscanError
 H, W = 64, 80
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def forced(op: str, **ranges) -> AugmentConfig:
     probs = {f"p_{name}": 0.0 for name in OPS}

@@ -40,14 +40,6 @@ LESION_B = (40, 200, 30, 30)  # no polygon: box-shaped mask
 TRIANGLE = [240.0, 100.0, 280.0, 100.0, 240.0, 130.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors gain nothing from intra-op threads and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def synth_ds(tmp_path_factory):

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from limbscan.config import Config
 from limbscan.data.dataset import Dataset
@@ -34,15 +33,12 @@ def tiny_config() -> Config:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ds")
     ds = split_dataset(synthesize(root, n=30, seed=5, abnormal_fraction=0.5, progress=False), Config().data.split)
     ds.save()
     out = tmp_path_factory.mktemp("run")
     train(root, tiny_config(), out, progress=False)
-    yield root, out
-    torch.set_num_threads(before)
+    return root, out
 
 
 def test_val_scores_reproduce_the_training_validation_auc(trained_run):

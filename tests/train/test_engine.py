@@ -23,15 +23,6 @@ toystage = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toystage)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast as two, and immune to the many-fold slowdown of
-    # OpenMP threads spinning on cores another process is using.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(**train) -> Config:
     cfg = Config()

@@ -50,15 +50,6 @@ def _cfg(**train_keys) -> Config:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast as two, and immune to the many-fold slowdown of
-    # OpenMP threads spinning on cores another process is using.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
