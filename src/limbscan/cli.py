@@ -144,12 +144,16 @@ def synth_cmd(
     n: Annotated[int, typer.Option("-n", help="Number of phantom images.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     abnormal_fraction: Annotated[float, typer.Option(help="Share of phantoms with a fracture.")] = 0.3,
+    fracture_width: Annotated[
+        float, typer.Option(help="Scale of the fracture gap: 1 = a 1-3 px hairline; 3 = easy, for short demos.")
+    ] = 1.0,
     quiet: Quiet = False,
 ) -> None:
     """Draw SYNTHETIC long-bone phantoms (PNG and DICOM) for tests and offline demos; not radiographs."""
     from limbscan.data.synth import synthesize
 
-    ds = synthesize(out, n=n, seed=seed, abnormal_fraction=abnormal_fraction, progress=not quiet)
+    ds = synthesize(out, n=n, seed=seed, abnormal_fraction=abnormal_fraction, progress=not quiet,
+                    fracture_width=fracture_width)
     n_abn = sum(im["label"] for im in ds.images)
     console.print(f"wrote {out / 'dataset.json'}: {len(ds.images)} SYNTHETIC phantoms, {n_abn} with a fracture")
 

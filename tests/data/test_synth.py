@@ -228,3 +228,17 @@ def test_refuses_to_overwrite_a_real_dataset(tmp_path):
 def test_bad_arguments_raise(tmp_path, kwargs):
     with pytest.raises(LimbscanError):
         synthesize(tmp_path / "ds", progress=False, **{"n": 4, **kwargs})
+
+
+def test_fracture_width_widens_the_gap_only():
+    from limbscan.data.synth import make_phantom
+
+    normal, _ = make_phantom(np.random.default_rng(7), fracture=False)
+    thin, _ = make_phantom(np.random.default_rng(7), fracture=True)
+    wide, lesions = make_phantom(np.random.default_rng(7), fracture=True, fracture_width=3.0)
+    darkened = lambda img: int(((normal - img) > 0.02).sum())  # noqa: E731
+    assert darkened(wide) > 1.5 * darkened(thin) > 0
+    x, y, w, h = lesions[0]["bbox"]
+    changed = np.argwhere((normal - wide) > 0.02)
+    assert changed[:, 1].min() >= x - 2 and changed[:, 1].max() <= x + w + 2
+    assert changed[:, 0].min() >= y - 2 and changed[:, 0].max() <= y + h + 2

@@ -86,21 +86,23 @@ class _Fracture:
 
 
 def make_phantom(
-    rng: np.random.Generator, size: tuple[int, int] = (384, 256), fracture: bool = False
+    rng: np.random.Generator, size: tuple[int, int] = (384, 256), fracture: bool = False,
+    fracture_width: float = 1.0,
 ) -> tuple[np.ndarray, list[dict]]:
     """Draw one phantom of ``size = (height, width)``.
 
     Returns a float32 image in [0, 1] (bone bright) and its lesions, each
     ``{"bbox": [x, y, w, h], "polygon": [x0, y0, x1, y1, ...]}`` in pixels; no lesions
     unless ``fracture``. The fracture's parameters are drawn either way, so one generator
-    state gives the same limb with and without its fracture.
+    state gives the same limb with and without its fracture. ``fracture_width`` scales the
+    fracture gap (1: a 1-3 px hairline; larger: easier to see, for short demos).
     """
-    image, lesions, _ = _draw(rng, size, fracture)
+    image, lesions, _ = _draw(rng, size, fracture, fracture_width)
     return image, lesions
 
 
 def _draw(
-    rng: np.random.Generator, size: tuple[int, int], fracture: bool
+    rng: np.random.Generator, size: tuple[int, int], fracture: bool, fracture_width: float = 1.0
 ) -> tuple[np.ndarray, list[dict], dict[str, int]]:
     """:func:`make_phantom`, plus tags describing what was drawn (for dataset attributes)."""
     h, w = (int(v) for v in size)
@@ -112,6 +114,7 @@ def _draw(
     across = np.array([np.cos(theta), -np.sin(theta)])
     bones, limb_radius, limb_offset, pair = _draw_bones(rng, h, w)
     frac = _draw_fracture(rng, bones, centre, axis, across, h, w)
+    frac.half_width *= fracture_width
     texture = _blur(rng.standard_normal((h, w)), 1.2)
     texture /= texture.std() + 1e-6
 
@@ -294,7 +297,8 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def synthesize(
-    out: str | Path, n: int = 200, seed: int = 0, abnormal_fraction: float = 0.3, progress: bool = True
+    out: str | Path, n: int = 200, seed: int = 0, abnormal_fraction: float = 0.3, progress: bool = True,
+    fracture_width: float = 1.0,
 ) -> Dataset:
     """Write ``n`` phantoms and their dataset under ``out``; the same seed gives the same files.
 
@@ -306,6 +310,8 @@ def synthesize(
     out = Path(out)
     if n < 1:
         raise LimbscanError(f"synth: n must be at least 1, got {n}")
+    if fracture_width <= 0:
+        raise LimbscanError(f"synth: fracture_width must be > 0, got {fracture_width}")
     if not 0 <= abnormal_fraction <= 1:
         raise LimbscanError(f"synth: abnormal_fraction must lie in [0, 1], got {abnormal_fraction}")
     _refuse_real_dataset(out)
@@ -330,7 +336,7 @@ def synthesize(
     for i in track(range(n), description="Drawing phantoms", disable=not progress, transient=True):
         image_rng = np.random.default_rng([seed, i])  # each image independent of n
         size = SIZES[int(image_rng.integers(len(SIZES)))]
-        pixels, lesions, tags = _draw(image_rng, size, fracture=bool(labels[i]))
+        pixels, lesions, tags = _draw(image_rng, size, fracture=bool(labels[i]), fracture_width=fracture_width)
         # Four file kinds in turn: exactly half PNG, half DICOM.
         kind = ("png8", "dicom-mono2", "png16", "dicom-mono1")[i % 4]
         path = images_dir / f"synth-{i + 1:05d}.{'png' if kind.startswith('png') else 'dcm'}"
