@@ -148,6 +148,9 @@ def init_distributed() -> DistInfo:
 
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Leave together: a rank that tears gloo down while another still talks to it can
+        # abort the other ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
