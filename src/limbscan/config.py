@@ -117,7 +117,6 @@ class TrainConfig:
     grad_clip: float = 10.0  # total L2 norm over all parameters; 0 turns clipping off
     max_steps_per_epoch: int = 0  # 0 = the whole training split; > 0 for demos and tests
     tensorboard: bool = False
-    tta_flip: bool = False  # test-time horizontal flip
 
 
 @dataclass
