@@ -22,10 +22,9 @@ from limbscan.data.cache import load_cached
 from limbscan.data.dataset import Dataset
 from limbscan.data.torchdata import CropDataset, WholeImageDataset
 from limbscan.errors import LimbscanError
-from limbscan.models import build_classifier, image_scores, top_boxes
-from limbscan.models.labels import ABNORMAL
+from limbscan.models import build_classifier
 from limbscan.train.checkpoint import BEST, load_checkpoint
-from limbscan.train.scenarios import SCENARIOS, load_detector
+from limbscan.train.scenarios import SCENARIOS, describe_detections, load_detector
 
 
 @dataclass
@@ -101,17 +100,8 @@ def run_detector(
     found: dict[int, dict] = {}
     for batch in track(_batches(images, batch_size), description="detector", disable=not progress, transient=True):
         pixels = [torch.from_numpy(load_cached(ds, im, side))[None] for im in batch]
-        outputs = model(pixels)
-        for image, pix, out, score in zip(batch, pixels, outputs, image_scores(outputs).tolist(), strict=True):
-            scale = torch.tensor([image["width"] / pix.shape[-1], image["height"] / pix.shape[-2]] * 2)
-            abnormal = out["labels"] == ABNORMAL
-            order = out["scores"][abnormal].argsort(descending=True)
-            found[int(image["id"])] = {
-                "score": float(score),
-                "boxes": (out["boxes"][abnormal][order] * scale).tolist(),
-                "box_scores": out["scores"][abnormal][order].tolist(),
-                "top": (top_boxes(out, top_k).float() * scale).tolist(),
-            }
+        for image, pix, out in zip(batch, pixels, model(pixels), strict=True):
+            found[int(image["id"])] = describe_detections(image, pix, out, top_k)
     return found
 
 

@@ -53,6 +53,7 @@ from limbscan.data.torchdata import (
 )
 from limbscan.errors import LimbscanError
 from limbscan.models import build_classifier, build_detector, detector_param_groups, image_scores, top_boxes
+from limbscan.models.labels import ABNORMAL
 from limbscan.train.checkpoint import BEST, load_checkpoint, seed_everything
 from limbscan.train.engine import DistInfo, FitResult, fit, init_distributed, shutdown_distributed
 from limbscan.train.report import write_training_report
@@ -322,6 +323,23 @@ def load_detector(path: Path) -> nn.Module:
     return model
 
 
+def describe_detections(image: dict, pixels: Tensor, output: dict, k: int) -> dict[str, Any]:
+    """One image's detector output in ORIGINAL pixels: ``score`` (best abnormal box, 0 if none),
+    ``boxes`` / ``box_scores`` (abnormal, best first) and ``top`` (the cascade's top-k boxes, with
+    :func:`top_boxes`' fallbacks, rounded to 0.01 px so they survive a JSON round trip unchanged)."""
+    out = {key: value.detach().float().cpu() for key, value in output.items() if key != "masks"}
+    out["labels"] = output["labels"].cpu()
+    scale = torch.tensor([image["width"] / pixels.shape[-1], image["height"] / pixels.shape[-2]] * 2)
+    abnormal = out["labels"] == ABNORMAL
+    order = out["scores"][abnormal].argsort(descending=True)
+    return {
+        "score": float(image_scores([out])[0]),
+        "boxes": (out["boxes"][abnormal][order] * scale).tolist(),
+        "box_scores": out["scores"][abnormal][order].tolist(),
+        "top": [[round(float(v), 2) for v in box] for box in top_boxes(out, k) * scale],
+    }
+
+
 @torch.no_grad()
 def detector_proposals(
     model: nn.Module,
@@ -349,10 +367,7 @@ def detector_proposals(
         pixels = [dataset[i][0].to(info.device) for i in batch]
         outputs = model(pixels)
         for i, pix, out in zip(batch, pixels, outputs):
-            image = images[i]
-            sx, sy = image["width"] / pix.shape[-1], image["height"] / pix.shape[-2]
-            boxes = top_boxes(out, k).float().cpu() * torch.tensor([sx, sy, sx, sy])
-            found[int(image["id"])] = [[round(float(v), 2) for v in box] for box in boxes]
+            found[int(images[i]["id"])] = describe_detections(images[i], pix, out, k)["top"]
     if info.distributed:
         parts: list[Any] = [None] * info.world_size
         dist.all_gather_object(parts, found)
