@@ -123,3 +123,17 @@ def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path
     assert set(metrics["scenarios"]) == {"whole-image", "detector", "cascade"}
     text = (tmp_path / "bench" / "report" / "report.md").read_text()
     assert "Wall time and peak memory" in text and "evaluate (test)" in text
+
+
+def test_a_run_without_val_scores_gets_them_from_the_datasets_val_split(trained_run, tmp_path):
+    import shutil
+
+    from limbscan.eval.evaluate import evaluate
+
+    root, out = trained_run
+    with_file = evaluate(out, root, "test", None, n_boot=50, progress=False)
+    shutil.copytree(out, tmp_path / "run")
+    (tmp_path / "run" / "val_scores.json").unlink()
+    without = evaluate(tmp_path / "run", root, "test", None, n_boot=50, progress=False)
+    for name, m in with_file["scenarios"].items():
+        assert without["scenarios"][name]["threshold"] == pytest.approx(m["threshold"], abs=1e-5)

@@ -27,14 +27,14 @@ from limbscan.eval.metrics import (
     undefined_reason,
 )
 from limbscan.eval.scoring import Scored, score_run
+from limbscan.train.scenarios import VAL_SCORES_FILE, validation_scores
 
-VAL_SCORES_FILE = "val_scores.json"
 # An image-level tag is reported per value when it takes few values (FracAtlas: 0 / 1 flags).
 MAX_TAG_VALUES = 5
 GALLERY_PER_KIND = 4
 
 
-def _validation_scores(run: Path, ds: Dataset, progress: bool) -> dict[str, Any]:
+def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
     path = run / VAL_SCORES_FILE
     if path.is_file():
         return json.loads(path.read_text())
@@ -45,14 +45,7 @@ def _validation_scores(run: Path, ds: Dataset, progress: bool) -> dict[str, Any]
             f"{path}: not found, and {ds.root} has no val split to choose the operating threshold on; "
             "evaluate with the dataset the run was trained on"
         )
-    scored = score_run(run, ds, val, progress=progress)
-    return {
-        "dataset": str(ds.root.resolve()),
-        "image_ids": [int(im["id"]) for im in val],
-        "labels": [int(im["label"]) for im in val],
-        "scores": {name: s.scores.tolist() for name, s in scored.items()},
-        "train_body_parts": None,
-    }
+    return validation_scores(run, ds, val)
 
 
 def _groups(images: list[dict]) -> list[str]:
@@ -165,7 +158,7 @@ def measure(
     images = ds.split_images(split)
     if not images:
         raise LimbscanError(f"{ds.root}: the {split} split is empty (split the dataset, or use --split all)")
-    val = _validation_scores(run, ds, progress)
+    val = _validation_scores(run, ds)
     same_dataset = val.get("dataset") == str(ds.root.resolve())
     if same_dataset and split == "val":
         raise LimbscanError(

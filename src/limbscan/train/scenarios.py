@@ -507,20 +507,26 @@ def make_stage(name: str, run: RunData, out: str | Path, resume: bool = False, p
 VAL_SCORES_FILE = "val_scores.json"
 
 
-def write_val_scores(out: Path, run: RunData) -> Path:
+def validation_scores(out: Path, ds: Dataset, val_images: list[dict], train_images: list[dict] | None = None) -> dict:
     """Every trained scenario's scores on the validation split, from its best checkpoint: where
     evaluation picks its operating threshold, so it never picks one on the split it reports."""
     from limbscan.eval.scoring import score_run  # evaluation builds on training, not the reverse
 
-    scored = score_run(out, run.ds, run.val_images)
-    path = Path(out) / VAL_SCORES_FILE
-    write_json_atomic(path, {
-        "dataset": str(run.ds.root.resolve()),
-        "image_ids": [int(im["id"]) for im in run.val_images],
-        "labels": [int(im["label"]) for im in run.val_images],
+    scored = score_run(out, ds, val_images)
+    return {
+        "dataset": str(ds.root.resolve()),
+        "image_ids": [int(im["id"]) for im in val_images],
+        "labels": [int(im["label"]) for im in val_images],
         "scores": {name: [round(float(v), 6) for v in s.scores] for name, s in scored.items()},
-        "train_body_parts": sorted({im.get("body_part") or "unknown" for im in run.train_images}),
-    })
+        "train_body_parts": (
+            sorted({im.get("body_part") or "unknown" for im in train_images}) if train_images is not None else None
+        ),
+    }
+
+
+def write_val_scores(out: Path, run: RunData) -> Path:
+    path = Path(out) / VAL_SCORES_FILE
+    write_json_atomic(path, validation_scores(out, run.ds, run.val_images, run.train_images))
     return path
 
 
