@@ -19,6 +19,48 @@ def fracatlas_root() -> Path:
     return FRACATLAS
 
 
+TINY_BACKBONE = "mobilenetv3_small_050"  # random init: no weights needed, a second per epoch
+
+
+def make_tiny_config():
+    """A config small enough to train all three scenarios on a few phantoms in seconds."""
+    from limbscan.config import Config
+
+    cfg = Config()
+    cfg.data.cache.longest_side = 160
+    for section in (cfg.classifier, cfg.detector):
+        section.backbone, section.pretrained = TINY_BACKBONE, False
+    cfg.classifier.image_size, cfg.classifier.crop_size, cfg.classifier.top_k = 64, 48, 2
+    cfg.detector.min_size, cfg.detector.max_size, cfg.detector.fpn_channels = 128, 160, 32
+    cfg.detector.rpn_batch_size_per_image, cfg.detector.box_batch_size_per_image = 64, 32
+    t = cfg.train
+    t.workers, t.warmup_steps, t.batch_size, t.epochs, t.detector_epochs = 0, 0, 8, 2, 2
+    return cfg
+
+
+@pytest.fixture
+def tiny_config():
+    """A fresh :func:`make_tiny_config` per test (tests may change it)."""
+    return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset folder, run folder): 30 split phantoms and all three scenarios trained on them,
+    once per test process. Treat both as read-only; copy them to change anything."""
+    from limbscan.config import Config
+    from limbscan.data.split import split_dataset
+    from limbscan.data.synth import synthesize
+    from limbscan.train.scenarios import train
+
+    root = tmp_path_factory.mktemp("tiny_ds")
+    ds = split_dataset(synthesize(root, n=30, seed=5, abnormal_fraction=0.5, progress=False), Config().data.split)
+    ds.save()
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(root, make_tiny_config(), out, progress=False)
+    return root, out
+
+
 @pytest.fixture(scope="session")
 def pydicom_data():
     """Return a getter for pydicom-data's real files (e.g. 'RG3_UNCR.dcm'), or skip."""

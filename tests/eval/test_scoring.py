@@ -7,38 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from limbscan.config import Config
 from limbscan.data.dataset import Dataset
-from limbscan.data.split import split_dataset
-from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
 from limbscan.eval.scoring import score_run, trained_scenarios
-from limbscan.train.scenarios import auc_or_none, train
-
-TINY = "mobilenetv3_small_050"
-
-
-def tiny_config() -> Config:
-    cfg = Config()
-    cfg.data.cache.longest_side = 160
-    for section in (cfg.classifier, cfg.detector):
-        section.backbone, section.pretrained = TINY, False
-    cfg.classifier.image_size, cfg.classifier.crop_size, cfg.classifier.top_k = 64, 48, 2
-    cfg.detector.min_size, cfg.detector.max_size, cfg.detector.fpn_channels = 128, 160, 32
-    cfg.detector.rpn_batch_size_per_image, cfg.detector.box_batch_size_per_image = 64, 32
-    t = cfg.train
-    t.workers, t.warmup_steps, t.batch_size, t.epochs, t.detector_epochs = 0, 0, 8, 2, 2
-    return cfg
+from limbscan.train.scenarios import auc_or_none
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ds")
-    ds = split_dataset(synthesize(root, n=30, seed=5, abnormal_fraction=0.5, progress=False), Config().data.split)
-    ds.save()
-    out = tmp_path_factory.mktemp("run")
-    train(root, tiny_config(), out, progress=False)
-    return root, out
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def test_val_scores_reproduce_the_training_validation_auc(trained_run):
@@ -108,7 +85,7 @@ def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_
         evaluate(out, root, "nonexistent", None, progress=False)
 
 
-def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path):
+def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path, tiny_config):
     import shutil
 
     from limbscan.eval.benchmark import benchmark
@@ -116,7 +93,7 @@ def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path
     root, out = trained_run
     # A copy of the trained run: the benchmark resumes it, so only evaluation runs here.
     shutil.copytree(out, tmp_path / "bench" / "run")
-    metrics = benchmark(root, tiny_config(), tmp_path / "bench", n_boot=100, progress=False)
+    metrics = benchmark(root, tiny_config, tmp_path / "bench", n_boot=100, progress=False)
     stages = [t["stage"] for t in metrics["timing"]]
     assert stages == ["train whole-image", "train detector", "train cascade", "evaluate (test)", "total"]
     assert all(t["seconds"] >= 0 and t["peak_rss_mb"] > 0 for t in metrics["timing"])
