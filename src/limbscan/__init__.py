@@ -12,4 +12,21 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from limbscan.errors import BadInputError, LimbscanError  # noqa: E402
 
-__all__ = ["BadInputError", "LimbscanError", "__version__"]
+# Loaded on first use: `import limbscan` (and every CLI call) must not pay for torch.
+_LAZY = {
+    "load": "limbscan.inference",
+    "Model": "limbscan.inference",
+    "Prediction": "limbscan.inference",
+    "Detection": "limbscan.inference",
+    "export_bundle": "limbscan.bundle",
+}
+
+__all__ = ["BadInputError", "LimbscanError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'limbscan' has no attribute {name!r}")

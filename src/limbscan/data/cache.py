@@ -106,6 +106,17 @@ def _dequantize(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32) / np.float32(np.iinfo(stored.dtype).max)
 
 
+def quantize_for_cache(pixels: np.ndarray, longest_side: int) -> np.ndarray:
+    """What the cache stores for a decoded image: resized, then uint8 or uint16 (see the module doc)."""
+    return _quantize(resize_longest(pixels, longest_side), _is_8bit(pixels))
+
+
+def as_cached(pixels: np.ndarray, longest_side: int) -> np.ndarray:
+    """The pixels :func:`load_cached` returns for this decoded image: what every model trained on,
+    so inference on a file outside any dataset sees exactly what training saw."""
+    return _dequantize(quantize_for_cache(pixels, longest_side))
+
+
 # -- keys and entries --------------------------------------------------------------------
 def file_digest(path: str | Path) -> tuple[str, os.stat_result]:
     """blake2b of the file's bytes, streamed, and the stat of the very file that was hashed."""
@@ -183,7 +194,7 @@ def _decode_to_entry(src: Path, entry: Path, longest_side: int) -> np.ndarray:
     except Exception as err:  # noqa: BLE001 - one odd file must not end a 61k-image build
         # Only the type: a third-party message could quote a header value with patient data.
         raise BadInputError(src, f"could not decode the image ({type(err).__name__})") from err
-    stored = _quantize(resize_longest(pixels, longest_side), _is_8bit(pixels))
+    stored = quantize_for_cache(pixels, longest_side)
     _write_entry(entry, stored)
     return _dequantize(stored)
 

@@ -2,7 +2,8 @@
 
 The operating threshold of each scenario is chosen on the run's VALIDATION scores
 (``RUN/val_scores.json``, written at the end of training) and applied unchanged to the reported
-split; asking to report the split the threshold came from is an error.
+split; asking to report the split the threshold came from is an error. A bundle (``limbscan
+export``) is scored like a run, at the thresholds it stores, which predict and serve apply too.
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
             "evaluate with the dataset the run was trained on"
         )
     return validation_scores(run, ds, val)
+
+
+def _bundle_thresholds(run: Path, target_sensitivity: float | None) -> dict[str, Any] | None:
+    """A bundle's stored operating points (the ones predict and serve apply), or None for a run."""
+    from limbscan.bundle import is_bundle, read_manifest
+
+    if not is_bundle(run):
+        return None
+    manifest = read_manifest(run)
+    stored = manifest.get("target_sensitivity")
+    if target_sensitivity is not None and (stored is None or abs(float(stored) - target_sensitivity) > 1e-9):
+        raise LimbscanError(
+            f"{run}: this bundle's thresholds were chosen by {manifest.get('threshold_rule')}; to evaluate another "
+            f"operating point, export the run again with --target-sensitivity {target_sensitivity}"
+        )
+    return {"thresholds": manifest["thresholds"], "method": "youden" if stored is None else "sensitivity",
+            "target_sensitivity": stored}
 
 
 def _groups(images: list[dict]) -> list[str]:
@@ -158,6 +176,9 @@ def measure(
     images = ds.split_images(split)
     if not images:
         raise LimbscanError(f"{ds.root}: the {split} split is empty (split the dataset, or use --split all)")
+    bundle = _bundle_thresholds(run, target_sensitivity)
+    if bundle is not None:
+        target_sensitivity = bundle["target_sensitivity"]
     val = _validation_scores(run, ds)
     same_dataset = val.get("dataset") == str(ds.root.resolve())
     if same_dataset and split == "val":
@@ -175,7 +196,8 @@ def measure(
         "n": len(images),
         "n_abnormal": int(labels.sum()),
         "synthetic": ds.synthetic,
-        "threshold_method": "sensitivity" if target_sensitivity is not None else "youden",  # on validation
+        "threshold_method": bundle["method"] if bundle else ("sensitivity" if target_sensitivity is not None
+                                                             else "youden"),  # on validation
         "target_sensitivity": target_sensitivity,
         "auc_undefined_reason": undefined_reason(labels),
         "unseen_body_parts": sorted({im.get("body_part") or "unknown" for im in images} - seen_parts)
@@ -185,8 +207,8 @@ def measure(
     }
     for name, s in scored.items():
         val_labels, val_scores = np.asarray(val["labels"]), np.asarray(val["scores"][name])
-        threshold = choose_threshold(val_labels, val_scores, method=metrics["threshold_method"],
-                                     target_sensitivity=target_sensitivity)
+        threshold = bundle["thresholds"][name] if bundle else choose_threshold(
+            val_labels, val_scores, method=metrics["threshold_method"], target_sensitivity=target_sensitivity)
         m = binary_metrics(s.labels, s.scores, threshold)
         cis = bootstrap_ci(s.labels, s.scores, threshold, groups=groups, n_boot=n_boot, seed=seed)
         entry = {**m.as_dict(), **{f"{k}_ci95": (list(v) if v else None) for k, v in cis.items()}}

@@ -90,10 +90,14 @@ def score_whole_image(run: Path, ds: Dataset, images: list[dict], batch_size: in
 
 @torch.inference_mode()
 def run_detector(
-    run: Path, ds: Dataset, images: list[dict], top_k: int = 1, batch_size: int = 2, progress: bool = False
+    run: Path, ds: Dataset, images: list[dict], top_k: int = 1, batch_size: int = 1, progress: bool = False
 ) -> dict[int, dict]:
     """Per image id: ``score`` (best abnormal box), ``boxes`` / ``box_scores`` (abnormal, best first)
-    and ``top`` (the cascade's top-k boxes, with the fallbacks of :func:`top_boxes`), original pixels."""
+    and ``top`` (the cascade's top-k boxes, with the fallbacks of :func:`top_boxes`), original pixels.
+
+    One image per call by default: torchvision pads a batch to its largest image, which moves the
+    smaller image's scores, and an image's score must not depend on its neighbours (inference
+    batches only same-size images for the same reason)."""
     path = Path(run) / "detector" / BEST
     side = _cache_side(load_checkpoint(path))
     model = load_detector(path).eval()
