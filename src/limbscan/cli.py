@@ -381,6 +381,124 @@ def anonymize_cmd(
         raise LimbscanError(f"{src}: no DICOM file could be anonymised")
 
 
+# -- predict -------------------------------------------------------------------------
+@app.command("predict")
+def predict_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder made by `limbscan export` (NAME.limbscan).")],
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: predictions.jsonl, worklist.csv, overlays/.")],
+    scenario: Annotated[
+        Optional[str], typer.Option(help="whole-image | detector | cascade (default: the bundle's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 4,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Draw overlays/<n>.png.")] = True,
+    gradcam: Annotated[bool, typer.Option("--gradcam", help="Blend a Grad-CAM heatmap into each overlay.")] = False,
+    dicom_out: Annotated[
+        Optional[str], typer.Option("--dicom-out", help="For DICOM inputs: sc, sr or sc,sr (into OUT/dicom/).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Score radiographs with a bundle and write a triage worklist, most likely abnormal first."""
+    import os
+
+    from rich.table import Table
+
+    from limbscan.predict import ERRORS, OVERLAY_DIR, WORKLIST, run_predict
+
+    kinds = [k for k in (dicom_out or "").split(",") if k.strip()]
+    summary = run_predict(bundle, paths, out, scenario=scenario, batch_size=batch_size, overlays=overlays,
+                          gradcam=gradcam, dicom_out=kinds, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table
+        table = Table(title=f"{summary.scenario}, threshold {summary.threshold:.3f}", show_header=False)
+        table.add_row("images scored", str(summary.n_scored))
+        table.add_row("abnormal at the operating point", str(summary.n_abnormal))
+        table.add_row("errors (skipped files)", f"{summary.n_errors}" + (f"  ({out / ERRORS})" if summary.n_errors else ""))
+        table.add_row("worklist", str(out / WORKLIST))
+        if overlays:
+            table.add_row("overlays", str(out / OVERLAY_DIR))
+        table.add_row("time", f"{summary.seconds:.1f} s")
+        console.print(table)
+    if summary.n_scored == 0:
+        raise typer.Exit(1)
+
+
+# -- serve ---------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder made by `limbscan export` (NAME.limbscan).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(envvar="LIMBSCAN_TOKEN", show_envvar=True,
+                     help="Bearer token every /v1 call except health must carry (the env var keeps it out of `ps`)."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest request body accepted, MiB.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Images predicted at the same time.")] = 2,
+    workdir: Annotated[
+        Optional[Path], typer.Option(help="Folder for uploads (deleted once predicted) and overlays (default: a temp folder).")
+    ] = None,
+) -> None:
+    """Serve BUNDLE: a REST API (/v1/predict, docs at /docs) and a worklist web page at /."""
+    import ipaddress
+
+    import uvicorn
+
+    from limbscan.serve import create_app
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        err_console.print(
+            f"[yellow]warning[/]: listening on {host} without a token: anyone who can reach port {port} can upload "
+            "images and see the overlays; set --token or LIMBSCAN_TOKEN", highlight=False, soft_wrap=True,
+        )
+    # The service logs one line per request (id, route, status, time); uvicorn's access log would repeat it.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = create_app(bundle, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                         max_concurrency=concurrency, workdir=workdir)
+    console.print(f"serving {bundle} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", highlight=False)
+    uvicorn.run(service, host=host, port=port, access_log=False, log_level="info")
+
+
+# -- export --------------------------------------------------------------------------
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A trained run folder (from `limbscan train`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write, e.g. model.limbscan.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write ONNX models (checked against PyTorch).")] = False,
+    target_sensitivity: Annotated[
+        Optional[float],
+        typer.Option(help="Operating point: reach this sensitivity on validation (default: Youden's J)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUT.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Package a trained run as a bundle: weights, config, validation thresholds, checksums."""
+    from rich.table import Table
+
+    from limbscan.bundle import export_bundle, read_manifest
+
+    path = export_bundle(run, out, target_sensitivity=target_sensitivity, onnx=onnx, progress=not quiet,
+                         overwrite=overwrite)
+    manifest = read_manifest(path, verify=False)
+    table = Table(title=f"{path} (thresholds: {manifest['threshold_rule']} on validation)")
+    for column in ("scenario", "threshold", "onnx"):
+        table.add_column(column)
+    for name in manifest["scenarios"]:
+        default = " (default)" if name == manifest["default_scenario"] else ""
+        table.add_row(name + default, f"{manifest['thresholds'][name]:.4f}",
+                      "yes" if name in (manifest.get("onnx") or {}) else "-")
+    console.print(table)
+    for name, note in (manifest.get("onnx_notes") or {}).items():
+        if name not in (manifest.get("onnx") or {}):
+            err_console.print(f"[yellow]onnx[/]: {name}: {note}", highlight=False, soft_wrap=True)
+    if manifest.get("data_hash") is None:
+        err_console.print(f"[yellow]warning[/]: {manifest.get('data_hash_note')}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     # pydicom's own warnings can quote element values; limbscan reports problems itself.
     logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from limbscan.errors import LimbscanError
+from limbscan.predict import collect_inputs, run_predict
+
+# Names like the ones hospital exports carry: none may reach an output's name.
+IDENTIFYING = ["Doe^John_123456", "Roe^Jane_654321", "Poe^Ann_777", "Moe^Max_888"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    from limbscan.bundle import export_bundle
+
+    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("predict") / "m.limbscan")
+
+
+@pytest.fixture(scope="module")
+def model(bundle):
+    from limbscan.inference import load
+
+    return load(bundle)
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_run, tmp_path_factory) -> Path:
+    """Two PNG and two DICOM phantoms under identifying names (one in a sub-folder), a note
+    the folder walk must skip, and three bad files: a corrupt PNG, a truncated DICOM, a .txt."""
+    root = tmp_path_factory.mktemp("inputs")
+    images = sorted((tiny_run[0] / "images").iterdir())
+    pngs = [p for p in images if p.suffix == ".png"][:2]
+    dcms = [p for p in images if p.suffix == ".dcm"][:2]
+    folder = root / "scans"
+    (folder / "ward b").mkdir(parents=True)
+    for src, name in zip(pngs + dcms, IDENTIFYING, strict=True):
+        dst = folder / ("ward b" if name.startswith("Poe") else "") / f"{name}{src.suffix}"
+        shutil.copyfile(src, dst)
+    (folder / "notes.md").write_text("not an image\n")
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    data = dcms[0].read_bytes()
+    (bad / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    (bad / "report.txt").write_text("patient report\n")
+    return root
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _worklist(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def predicted(model, inputs, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("out")
+    bad = inputs / "bad"
+    summary = run_predict(model, [str(inputs / "scans"), str(bad / "corrupt.png"), str(bad / "truncated.dcm"),
+                                  str(bad / "report.txt")], out, progress=False)
+    return out, summary
+
+
+def test_scores_the_good_files_and_lists_the_bad_with_a_reason(predicted, inputs):
+    out, summary = predicted
+    records = _jsonl(out / "predictions.jsonl")
+    files = [r["file"] for r in records]
+    assert len(files) == 4 and files == sorted(files)
+    assert all(Path(f).parent.name in ("scans", "ward b") for f in files)  # notes.md skipped silently
+    errors = {Path(e["file"]).name: e["error"] for e in _jsonl(out / "errors.jsonl")}
+    assert set(errors) == {"corrupt.png", "truncated.dcm", "report.txt"}
+    assert "PNG" in errors["corrupt.png"]
+    assert "not a DICOM, PNG or JPEG" in errors["report.txt"]
+    assert errors["truncated.dcm"]
+    assert (summary.n_inputs, summary.n_scored, summary.n_errors) == (7, 4, 3)
+    assert summary.n_abnormal == sum(r["label"] == "abnormal" for r in records)
+    for r in records:
+        assert r["scenario"] == summary.scenario == "cascade"
+        assert r["label"] == ("abnormal" if r["probability"] >= r["threshold"] else "normal")
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["n_scored"] == 4 and saved["bundle"]["default_scenario"] == "cascade"
+    assert "files" not in saved["bundle"] and saved["seconds"] > 0
+    assert not (out / ".parts").exists()
+
+
+def test_same_scores_as_the_python_api(predicted, model):
+    out, _ = predicted
+    records = _jsonl(out / "predictions.jsonl")
+    direct = model.predict([r["file"] for r in records])
+    for r, p in zip(records, direct, strict=True):
+        assert r["probability"] == pytest.approx(p.probability, abs=1e-6)
+        assert r["width"] == p.width and r["height"] == p.height
+
+
+def test_worklist_is_sorted_most_likely_abnormal_first(predicted):
+    out, _ = predicted
+    rows = _worklist(out / "worklist.csv")
+    assert list(rows[0]) == ["rank", "file", "body_part", "probability", "label", "scenario", "n_detections",
+                             "overlay"]
+    probabilities = [float(r["probability"]) for r in rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    by_file = {r["file"]: r for r in _jsonl(out / "predictions.jsonl")}
+    for row in rows:
+        assert row["label"] == by_file[row["file"]]["label"]
+        assert int(row["n_detections"]) == len(by_file[row["file"]]["detections"])
+
+
+def test_overlays_are_pngs_of_the_image_with_the_top_box_in_red(predicted):
+    out, _ = predicted
+    for r in _jsonl(out / "predictions.jsonl"):
+        with Image.open(out / r["overlay"]) as im:
+            assert im.format == "PNG"
+            rgb = np.asarray(im.convert("RGB"))
+        assert rgb.shape == (r["height"], r["width"], 3)  # phantoms are under max_side: full size
+        x0, y0, x1, y1 = (round(v) for v in r["detections"][0]["box"])
+        x1, y1 = min(x1, r["width"]) - 1, min(y1, r["height"]) - 1
+        bottom_edge = rgb[max(0, y1 - 2) : y1 + 1, (x0 + x1) // 2]
+        red = (bottom_edge[:, 0] > 200) & (bottom_edge[:, 1] < 60) & (bottom_edge[:, 2] < 60)
+        assert red.any(), r["overlay"]
+
+
+def test_no_output_is_named_after_an_input(predicted):
+    out, _ = predicted
+    names = [p.name for p in out.rglob("*")]
+    assert names and not [n for n in names if any(part in n for part in ("Doe", "Roe", "Poe", "Moe", "corrupt"))]
+    overlays = sorted(r["overlay"] for r in _jsonl(out / "predictions.jsonl"))
+    assert overlays == sorted(f"overlays/{p.name}" for p in (out / "overlays").iterdir())
+    assert all(re.fullmatch(r"overlays/\d{6}\.png", o) for o in overlays) and len(set(overlays)) == 4
+
+
+def test_collect_inputs_expands_folders_and_globs_sorted_without_duplicates(inputs):
+    scans = inputs / "scans"
+    by_folder, errors = collect_inputs([str(scans)])
+    assert errors == [] and len(by_folder) == 4 and by_folder == sorted(by_folder)
+    by_glob, _ = collect_inputs([str(inputs / "**" / "*.dcm")])
+    assert [Path(p).name for p in by_glob] == ["truncated.dcm", "Moe^Max_888.dcm", "Poe^Ann_777.dcm"]  # by path
+    # The same files named three ways, twice over: each once.
+    mixed, _ = collect_inputs([str(scans / "*.png"), str(scans), str(scans / "Doe^John_123456.png"),
+                               str(scans / "." / "Doe^John_123456.png")])
+    assert sorted(map(os.path.realpath, mixed)) == sorted(map(os.path.realpath, by_folder))
+    assert len(mixed) == 4
+
+
+def test_collect_inputs_refuses_nothing_to_score(tmp_path, inputs):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(LimbscanError, match="no DICOM, PNG or JPEG file in this folder"):
+        collect_inputs([str(tmp_path / "empty")])
+    with pytest.raises(LimbscanError, match="matches this pattern"):
+        collect_inputs([str(tmp_path / "*.png")])
+    with pytest.raises(LimbscanError, match="no input"):
+        collect_inputs([])
+    # The output folder inside an input folder is never scored (its overlays are PNGs).
+    out = tmp_path / "mixed"
+    shutil.copytree(inputs / "scans", out)
+    (out / "result" / "overlays").mkdir(parents=True)
+    shutil.copyfile(out / "Doe^John_123456.png", out / "result" / "overlays" / "000001.png")
+    found, _ = collect_inputs([str(out)], exclude=out / "result")
+    assert len(found) == 4 and not [f for f in found if "result" in f]
+
+
+def test_gradcam_and_dicom_outputs(model, inputs, tmp_path):
+    import pydicom
+
+    scans = inputs / "scans"
+    files = [str(scans / "Doe^John_123456.png"), str(scans / "ward b" / "Poe^Ann_777.dcm")]
+    out = tmp_path / "out"
+    plain = run_predict(model, files, tmp_path / "plain", progress=False)
+    summary = run_predict(model, files, out, gradcam=True, dicom_out=["sc", "sr"], progress=False)
+    assert summary.n_scored == 2 and plain.n_scored == 2
+    records = {Path(r["file"]).suffix: r for r in _jsonl(out / "predictions.jsonl")}
+    assert "dicom" not in records[".png"]  # only DICOM inputs get DICOM outputs
+    written = [out / p for p in records[".dcm"]["dicom"]]
+    assert len(written) == 2 and all(p.parent == out / "dicom" for p in written)
+    sop_classes = {pydicom.dcmread(p).SOPClassUID.name for p in written}
+    assert any("Secondary Capture" in c for c in sop_classes) and any("SR" in c for c in sop_classes)
+    for r in records.values():  # the heatmap changed the overlay
+        a = np.asarray(Image.open(out / r["overlay"]).convert("RGB"))
+        b = np.asarray(Image.open(tmp_path / "plain" / r["overlay"]).convert("RGB"))
+        assert a.shape == b.shape and not np.array_equal(a, b)
+    # A rerun into the same folder leaves no overlay of the earlier run behind.
+    run_predict(model, files[:1], out, progress=False)
+    assert [p.name for p in (out / "overlays").iterdir()] == [Path(records[".png"]["overlay"]).name]
+    with pytest.raises(LimbscanError, match="Grad-CAM needs a classifier"):
+        run_predict(model, files, tmp_path / "det", scenario="detector", gradcam=True, progress=False)
+    with pytest.raises(LimbscanError, match="--dicom-out"):
+        run_predict(model, files, tmp_path / "x", dicom_out=["pdf"], progress=False)
+
+
+def test_cli_exit_code_says_whether_anything_was_scored(bundle, inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from limbscan.cli import app
+
+    runner = CliRunner()
+    good = runner.invoke(app, ["predict", str(bundle), str(inputs / "scans" / "*.png"), "-o", str(tmp_path / "a"),
+                               "--no-overlays", "-q", "--batch-size", "2"])
+    assert good.exit_code == 0, good.output
+    assert "images scored" in good.output and "2" in good.output
+    assert not (tmp_path / "a" / "overlays").exists()
+    assert len(_worklist(tmp_path / "a" / "worklist.csv")) == 2
+    bad = runner.invoke(app, ["predict", str(bundle), str(inputs / "bad" / "report.txt"), "-o", str(tmp_path / "b"),
+                              "-q"])
+    assert bad.exit_code == 1
+    assert len(_jsonl(tmp_path / "b" / "errors.jsonl")) == 1
+
+
+SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(1)
+from limbscan.predict import run_predict
+run_predict(sys.argv[1], sys.argv[2:-1], sys.argv[-1], batch_size=1, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_shards_give_the_single_process_outputs(bundle, inputs, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    out = tmp_path / "dist"
+    bad = inputs / "bad"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(bundle), str(inputs / "scans"), str(bad / "corrupt.png"), str(bad / "truncated.dcm"),
+           str(bad / "report.txt"), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Batches of one on both sides: the detector pads a batch to its largest image, which moves
+    # scores by ~1e-4, and sharding changes which images share a batch.
+    single = tmp_path / "single"
+    run_predict(bundle, cmd[-5:-1], single, batch_size=1, progress=False)
+    a, b = _jsonl(single / "predictions.jsonl"), _jsonl(out / "predictions.jsonl")
+    assert [r["file"] for r in a] == [r["file"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["probability"] == pytest.approx(rb["probability"], abs=1e-5)
+        assert ra["label"] == rb["label"] and ra["overlay"] == rb["overlay"]
+    assert [r["file"] for r in _worklist(single / "worklist.csv")] == [r["file"] for r in _worklist(out / "worklist.csv")]
+    assert _jsonl(single / "errors.jsonl") == _jsonl(out / "errors.jsonl")
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(p.name for p in (single / "overlays").iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_scored"] == 4 and summary["options"]["world_size"] == 2
+    assert not (out / ".parts").exists()
