@@ -1,0 +1,320 @@
+// limbscan worklist page: uploads images to /v1/predict (two at a time), lists the answers most
+// suspicious first, shows a row's overlay on click. No framework, nothing fetched from elsewhere.
+// File names stay in this page: each upload is sent under the neutral name "upload".
+"use strict";
+
+(() => {
+  const CONCURRENCY = 2;
+  const TOKEN_KEY = "limbscan.token";
+  const STATE_ORDER = { done: 0, analysing: 1, queued: 2, error: 3 };
+
+  const $ = (id) => document.getElementById(id);
+  const items = [];
+  const queue = [];
+  let running = 0;
+  let nextKey = 1;
+  let paused = false; // waiting for a token: queued uploads hold until one is given
+  let selectedKey = null;
+  let overlayUrl = null;
+
+  // -- server calls ---------------------------------------------------------------------
+  function authHeaders() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  async function call(path, options = {}) {
+    const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    if (response.status === 401) {
+      askForToken(sessionStorage.getItem(TOKEN_KEY) ? "The token was not accepted." : "This server needs a token.");
+    }
+    return response;
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (typeof body.detail === "string") return body.detail;
+      return JSON.stringify(body.detail ?? body);
+    } catch {
+      return `${response.status} ${response.statusText}`.trim();
+    }
+  }
+
+  async function loadModel() {
+    try {
+      const response = await call("/v1/model");
+      if (!response.ok) {
+        $("model-info").textContent = response.status === 401 ? "token needed" : await errorText(response);
+        return;
+      }
+      const manifest = await response.json();
+      const scenario = manifest.default_scenario;
+      const threshold = manifest.thresholds?.[scenario];
+      const parts = [`model: ${scenario}`];
+      if (typeof threshold === "number") parts.push(`threshold ${threshold.toFixed(2)}`);
+      if (manifest.threshold_rule) parts.push(manifest.threshold_rule);
+      if (manifest.limbscan_version) parts.push(`limbscan ${manifest.limbscan_version}`);
+      $("model-info").textContent = parts.join(" · ");
+    } catch {
+      $("model-info").textContent = "server unreachable";
+    }
+  }
+
+  // -- token ----------------------------------------------------------------------------
+  function askForToken(message) {
+    paused = true;
+    $("token-form").hidden = false;
+    $("token-message").textContent = message;
+    $("token").focus();
+  }
+
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("token").value = "";
+    $("token-form").hidden = true;
+    paused = false;
+    loadModel();
+    pump();
+  });
+
+  // -- uploads --------------------------------------------------------------------------
+  function addFiles(fileList) {
+    for (const file of fileList) {
+      const item = { key: nextKey++, name: file.name || "unnamed", file, state: "queued", result: null, error: null };
+      items.push(item);
+      queue.push(item);
+    }
+    render();
+    pump();
+  }
+
+  function pump() {
+    while (!paused && running < CONCURRENCY && queue.length) {
+      upload(queue.shift());
+    }
+  }
+
+  async function upload(item) {
+    running += 1;
+    item.state = "analysing";
+    render();
+    const form = new FormData();
+    form.append("file", item.file, "upload");
+    try {
+      const response = await call("/v1/predict", { method: "POST", body: form });
+      if (response.ok) {
+        item.result = await response.json();
+        item.state = "done";
+        item.file = null; // the page keeps no copy of the image once the server has answered
+      } else if (response.status === 401) {
+        item.state = "queued";
+        queue.unshift(item);
+      } else {
+        item.state = "error";
+        item.error = await errorText(response);
+      }
+    } catch {
+      item.state = "error";
+      item.error = "no answer from the server (network error or server stopped)";
+    } finally {
+      running -= 1;
+      render();
+      pump();
+    }
+  }
+
+  // -- worklist -------------------------------------------------------------------------
+  function sorted() {
+    return [...items].sort((a, b) => {
+      const byState = STATE_ORDER[a.state] - STATE_ORDER[b.state];
+      if (byState) return byState;
+      if (a.state === "done") return b.result.probability - a.result.probability;
+      return a.key - b.key;
+    });
+  }
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (text !== undefined) td.textContent = text;
+    row.appendChild(td);
+    return td;
+  }
+
+  function badge(text, kind) {
+    const span = document.createElement("span");
+    span.className = `badge ${kind}`;
+    span.textContent = text;
+    return span;
+  }
+
+  function render() {
+    const body = $("worklist").querySelector("tbody");
+    body.replaceChildren();
+    let rank = 0;
+    for (const item of sorted()) {
+      const row = document.createElement("tr");
+      row.dataset.key = item.key;
+      row.dataset.state = item.state;
+      const done = item.state === "done";
+      if (done) {
+        rank += 1;
+        row.dataset.probability = item.result.probability;
+        row.dataset.label = item.result.label;
+        row.tabIndex = 0;
+        row.className = "selectable" + (item.key === selectedKey ? " selected" : "");
+        row.setAttribute("aria-selected", item.key === selectedKey ? "true" : "false");
+        row.addEventListener("click", () => select(item));
+        row.addEventListener("keydown", (event) => {
+          if (event.key === "Enter" || event.key === " ") {
+            event.preventDefault();
+            select(item);
+          }
+        });
+      }
+      cell(row, done ? String(rank) : "", "num");
+      cell(row, item.name, "name").title = item.name;
+      const finding = cell(row, undefined, "finding");
+      const probability = cell(row, undefined, "prob");
+      if (done) {
+        finding.appendChild(badge(item.result.label, item.result.label));
+        probability.appendChild(probabilityBar(item.result.probability, item.result.threshold));
+      } else if (item.state === "error") {
+        finding.appendChild(badge("not read", "error"));
+        const reason = document.createElement("span");
+        reason.className = "reason";
+        reason.textContent = item.error;
+        finding.appendChild(reason);
+      } else {
+        finding.appendChild(badge(item.state === "analysing" ? "analysing…" : "queued", "pending"));
+      }
+      cell(row, done ? (item.result.body_part ?? "—") : "", "part");
+      body.appendChild(row);
+    }
+    summarise();
+  }
+
+  function probabilityBar(probability, threshold) {
+    const wrap = document.createElement("span");
+    wrap.className = "pbar";
+    const value = document.createElement("span");
+    value.className = "pvalue";
+    value.textContent = probability.toFixed(3);
+    const track = document.createElement("span");
+    track.className = "ptrack";
+    track.setAttribute("aria-hidden", "true");
+    const fill = document.createElement("span");
+    fill.className = "pfill" + (probability >= threshold ? " over" : "");
+    fill.style.width = `${Math.round(probability * 100)}%`;
+    const mark = document.createElement("span");
+    mark.className = "pmark";
+    mark.style.left = `${Math.round(threshold * 100)}%`;
+    track.append(fill, mark);
+    wrap.append(value, track);
+    return wrap;
+  }
+
+  function summarise() {
+    if (!items.length) {
+      $("summary").textContent = "No images yet.";
+      return;
+    }
+    const count = (state) => items.filter((item) => item.state === state).length;
+    const abnormal = items.filter((item) => item.state === "done" && item.result.label === "abnormal").length;
+    const parts = [`${items.length} image${items.length === 1 ? "" : "s"}`, `${abnormal} flagged abnormal`];
+    const pending = count("queued") + count("analysing");
+    if (pending) parts.push(`${pending} in progress`);
+    if (count("error")) parts.push(`${count("error")} not read`);
+    $("summary").textContent = parts.join(" · ");
+  }
+
+  // -- viewer ---------------------------------------------------------------------------
+  async function select(item) {
+    selectedKey = item.key;
+    render();
+    const result = item.result;
+    $("viewer-title").textContent = item.name;
+    $("viewer-caption").textContent = "Loading overlay…";
+    showDetails(result);
+    try {
+      const response = await call(result.overlay_url);
+      if (!response.ok) throw new Error(await errorText(response));
+      const blob = await response.blob();
+      if (selectedKey !== item.key) return; // another row was chosen meanwhile
+      if (overlayUrl) URL.revokeObjectURL(overlayUrl);
+      overlayUrl = URL.createObjectURL(blob);
+      const img = $("overlay");
+      img.alt = `${item.name}: ${result.label}, probability ${result.probability.toFixed(3)}`;
+      img.src = overlayUrl;
+      img.hidden = false;
+      $("viewer-caption").textContent = result.detections.length
+        ? "Red: the model’s lesion proposals (thickest: the strongest)."
+        : "No lesion proposed.";
+    } catch (err) {
+      if (selectedKey !== item.key) return;
+      $("overlay").hidden = true;
+      $("viewer-caption").textContent = `Overlay unavailable: ${err.message}`;
+    }
+  }
+
+  function showDetails(result) {
+    const rows = [
+      ["Finding", result.label],
+      ["P(abnormal)", result.probability.toFixed(3)],
+      ["Threshold", `${result.threshold.toFixed(3)} (${result.scenario})`],
+    ];
+    for (const [scenario, score] of Object.entries(result.scores || {})) {
+      if (scenario !== result.scenario) rows.push([`Score, ${scenario}`, score.toFixed(3)]);
+    }
+    rows.push(["Body part", result.body_part ?? "unknown"]);
+    rows.push(["Lesion proposals", String(result.detections.length)]);
+    rows.push(["Image size", `${result.width} × ${result.height} px`]);
+    for (const warning of result.warnings || []) rows.push(["Note", warning]);
+    const list = $("details");
+    list.replaceChildren();
+    for (const [term, value] of rows) {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      list.append(dt, dd);
+    }
+  }
+
+  // -- drop zone ------------------------------------------------------------------------
+  const drop = $("drop");
+  const picker = $("picker");
+  drop.addEventListener("click", () => picker.click());
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      picker.click();
+    }
+  });
+  picker.addEventListener("change", () => {
+    addFiles(picker.files);
+    picker.value = ""; // the same file chosen again is a new upload
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    addFiles(event.dataTransfer.files);
+  });
+  // A file dropped beside the zone would make the browser open it and leave the worklist.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  loadModel();
+})();

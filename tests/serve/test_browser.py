@@ -1,0 +1,128 @@
+"""The web page in a real browser: Debian's chromium driven by Playwright (never `playwright install`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from limbscan.serve import background_server, create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser: {CHROMIUM} is absent (`apt-get install -y chromium`)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (`pip install playwright`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    from limbscan.bundle import export_bundle
+
+    _, run = tiny_run
+    return export_bundle(run, tmp_path_factory.mktemp("serve_browser") / "m.limbscan")
+
+
+def test_page_uploads_ranks_and_shows_an_overlay(browser, bundle, tiny_run, tmp_path):
+    from playwright.sync_api import expect
+
+    root, _ = tiny_run
+    # Names a patient could be recognised by stay in the page; the server is sent "upload".
+    images = []
+    for source, name in zip(sorted((root / "images").glob("*.png"))[:2], ["Doe^John.png", "second.png"]):
+        images.append(tmp_path / name)
+        shutil.copyfile(source, images[-1])
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+
+    app = create_app(bundle, workdir=tmp_path / "work")
+    received: list[bytes] = []  # every request body, as the server got it
+
+    async def spy(scope, receive, send):
+        async def tee():
+            message = await receive()
+            if message["type"] == "http.request":
+                received.append(message.get("body", b""))
+            return message
+
+        await app(scope, tee, send)
+
+    with background_server(spy) as base:
+        page = browser.new_page()
+        outside: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("blob:") else outside.append(r.url))
+        failures: list[str] = []
+        page.on("pageerror", lambda err: failures.append(str(err)))
+        page.goto(base + "/")
+        # Locator waits, not wait_for_function: the page's CSP (kept on here) forbids the eval it needs.
+        expect(page.locator("#model-info")).to_contain_text("model: ")
+
+        page.set_input_files("#picker", [str(p) for p in images])
+        done = page.locator("#worklist tbody tr[data-state='done']")
+        done.nth(1).wait_for(timeout=60_000)
+        assert done.count() == 2
+        probabilities = [float(v) for v in done.evaluate_all("rows => rows.map(r => r.dataset.probability)")]
+        assert probabilities == sorted(probabilities, reverse=True)
+        names = done.locator("td.name").all_text_contents()
+        assert sorted(names) == ["Doe^John.png", "second.png"]
+
+        page.set_input_files("#picker", [str(bad)])
+        error = page.locator("#worklist tbody tr[data-state='error']")
+        error.wait_for(timeout=30_000)
+        assert "not a DICOM, PNG or JPEG" in error.inner_text()
+        # Errors go below the results; the ranked rows stay on top.
+        assert page.locator("#worklist tbody tr").last.get_attribute("data-state") == "error"
+
+        done.first.click()
+        overlay = page.locator("#overlay")
+        expect(overlay).to_be_visible(timeout=30_000)
+        expect(overlay).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(overlay).to_have_js_property("complete", True)
+        assert overlay.evaluate("img => img.naturalWidth") > 0
+        assert page.locator("#details").inner_text().strip()
+        assert done.first.get_attribute("aria-selected") == "true"
+        page.close()
+    assert not outside, outside
+    sent = b"".join(received)
+    assert sent.count(b'filename="upload"') == 3
+    assert b"Doe" not in sent and b"second" not in sent and b"notes" not in sent
+    assert not failures, failures
+
+
+def test_page_asks_for_the_token_and_keeps_it_for_the_session(browser, bundle, tiny_run, tmp_path):
+    from playwright.sync_api import expect
+
+    root, _ = tiny_run
+    image = sorted((root / "images").glob("*.png"))[0]
+    app = create_app(bundle, token="let-me-in", workdir=tmp_path / "work")
+    with background_server(app) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        expect(page.locator("#token-form")).to_be_visible()
+        page.set_input_files("#picker", [str(image)])
+        row = page.locator("#worklist tbody tr")
+        expect(row).to_have_attribute("data-state", "queued")  # held until there is a token
+        page.fill("#token", "wrong")
+        page.click("#token-form button")
+        expect(page.locator("#token-message")).to_contain_text("not accepted")
+        page.fill("#token", "let-me-in")
+        page.click("#token-form button")
+        expect(row).to_have_attribute("data-state", "done", timeout=60_000)
+        expect(page.locator("#model-info")).to_contain_text("model: ")
+        assert page.evaluate("() => sessionStorage.getItem('limbscan.token')") == "let-me-in"
+        row.click()
+        expect(page.locator("#overlay")).to_be_visible(timeout=30_000)
+        page.close()
