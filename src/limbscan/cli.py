@@ -333,7 +333,7 @@ def evaluate_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     dataset: DatasetArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run (OUT/run) and the report (OUT/report).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the run (OUT/run), its bundle (OUT/model.limbscan) and the report (OUT/report).")],
     config: ConfigOpt = None,
     overrides: Overrides = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,

@@ -95,9 +95,10 @@ def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path
     shutil.copytree(out, tmp_path / "bench" / "run")
     metrics = benchmark(root, tiny_config, tmp_path / "bench", n_boot=100, progress=False)
     stages = [t["stage"] for t in metrics["timing"]]
-    assert stages == ["train whole-image", "train detector", "train cascade", "evaluate (test)", "total"]
+    assert stages == ["train whole-image", "train detector", "train cascade", "export bundle", "evaluate (test)", "total"]
     assert all(t["seconds"] >= 0 and t["peak_rss_mb"] > 0 for t in metrics["timing"])
     assert set(metrics["scenarios"]) == {"whole-image", "detector", "cascade"}
+    assert (tmp_path / "bench" / "model.limbscan" / "bundle.json").is_file()
     text = (tmp_path / "bench" / "report" / "report.md").read_text()
     assert "Wall time and peak memory" in text and "evaluate (test)" in text
 
