@@ -390,7 +390,9 @@ def predict_cmd(
     scenario: Annotated[
         Optional[str], typer.Option(help="whole-image | detector | cascade (default: the bundle's).")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward pass (1 is fastest on a CPU; raise it on a GPU).")
+    ] = 1,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Draw overlays/<n>.png.")] = True,
     gradcam: Annotated[bool, typer.Option("--gradcam", help="Blend a Grad-CAM heatmap into each overlay.")] = False,
     dicom_out: Annotated[

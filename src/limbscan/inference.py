@@ -197,7 +197,7 @@ class Model:
         self,
         inputs: Sequence[str | Path | np.ndarray],
         scenario: str | None = None,
-        batch_size: int = 4,
+        batch_size: int = 1,
         masks: bool = True,
         progress: bool = False,
     ) -> list[Prediction]:
@@ -215,7 +215,7 @@ class Model:
         self,
         paths: Sequence[str | Path],
         scenario: str | None = None,
-        batch_size: int = 4,
+        batch_size: int = 1,
         masks: bool = True,
         progress: bool = False,
     ) -> Iterator[tuple[str, Prediction | BadInputError]]:

@@ -415,7 +415,7 @@ def run_predict(
     out: Path,
     *,
     scenario: str | None = None,
-    batch_size: int = 4,
+    batch_size: int = 1,
     overlays: bool = True,
     gradcam: bool = False,
     dicom_out: Sequence[str] = (),
