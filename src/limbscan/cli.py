@@ -349,6 +349,20 @@ def benchmark_cmd(
     _print_evaluation(metrics, out / "report")
 
 
+@app.command("compare")
+def compare_cmd(
+    reports: Annotated[list[Path], typer.Argument(help="Report folders from `limbscan evaluate` on the same images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the combined report.")],
+    scenario: Annotated[
+        Optional[str], typer.Option(help="Keep only this scenario of each report (e.g. cascade).")
+    ] = None,
+) -> None:
+    """Set evaluations side by side (e.g. one run per backbone): one table, ROC curves together, DeLong tests."""
+    from limbscan.eval.compare import compare
+
+    _print_evaluation(compare(reports, out, scenario=scenario), out)
+
+
 def _print_evaluation(metrics: dict, out: Path) -> None:
     for name, m in metrics["scenarios"].items():
         auc = "undefined" if m["auc"] is None else f"{m['auc']:.3f}"

@@ -73,6 +73,10 @@ def test_evaluate_reports_test_with_thresholds_from_validation(trained_run, tmp_
     for name in ("report.md", "report.html", "roc.png", "confusion.png", "calibration.png"):
         assert (tmp_path / "report" / name).is_file(), name
     assert "SYNTHETIC" in (tmp_path / "report" / "report.md").read_text().upper()
+    assert saved["backbones_used"] == {"whole-image": "mobilenetv3_small_050", "detector": "mobilenetv3_small_050",
+                                       "cascade": "mobilenetv3_small_050 + mobilenetv3_small_050"}
+    scores = (tmp_path / "report" / "scores.csv").read_text().splitlines()
+    assert scores[0] == "image_id,label,whole-image,detector,cascade" and len(scores) == saved["n"] + 1
 
 
 def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_path):

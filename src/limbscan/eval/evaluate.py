@@ -129,6 +129,21 @@ def _gallery(ds: Dataset, images: list[dict], s: Scored, threshold: float, truth
     return items
 
 
+SCORES_FILE = "scores.csv"
+
+
+def _models(run: Path, scenarios: list[str]) -> dict[str, str]:
+    """Which backbone each scenario's network uses, from its own checkpoint's config."""
+    from limbscan.train.checkpoint import BEST, load_checkpoint
+
+    used = {}
+    for name in scenarios:
+        cfg = load_checkpoint(run / name / BEST)["config"]
+        classifier, detector = cfg["classifier"]["backbone"], cfg["detector"]["backbone"]
+        used[name] = {"whole-image": classifier, "detector": detector}.get(name, f"{detector} + {classifier}")
+    return used
+
+
 @dataclass
 class Evaluation:
     """What a report is made of: the metrics.json content, the ROC inputs, the gallery."""
@@ -136,11 +151,15 @@ class Evaluation:
     metrics: dict[str, Any]
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
     gallery: list[dict] | None
+    image_ids: list[int] | None = None
 
     def write(self, out: str | Path) -> dict[str, Path]:
-        from limbscan.eval.report import write_report
+        from limbscan.eval.report import write_report, write_scores
 
-        return write_report(Path(out), self.metrics, self.curves, self.gallery)
+        written = write_report(Path(out), self.metrics, self.curves, self.gallery)
+        if self.image_ids is not None:  # what `limbscan compare` reads to set runs side by side
+            written[SCORES_FILE] = write_scores(Path(out) / SCORES_FILE, self.image_ids, self.curves)
+        return written
 
 
 def evaluate(
@@ -205,6 +224,7 @@ def measure(
         "scenarios": {},
         "comparisons": [],
     }
+    metrics["backbones_used"] = _models(run, list(scored))
     for name, s in scored.items():
         val_labels, val_scores = np.asarray(val["labels"]), np.asarray(val["scores"][name])
         threshold = bundle["thresholds"][name] if bundle else choose_threshold(
@@ -229,4 +249,5 @@ def measure(
                                        "bootstrap_p": boot["p"]})
     best = "cascade" if "cascade" in scored else next(iter(scored))
     items = _gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths) if gallery else None
-    return Evaluation(metrics, {name: (s.labels, s.scores) for name, s in scored.items()}, items)
+    curves = {name: (s.labels, s.scores) for name, s in scored.items()}
+    return Evaluation(metrics, curves, items, [int(im["id"]) for im in images])

@@ -510,6 +510,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def write_scores(path: Path, image_ids: Sequence[int], curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> Path:
+    """Per image: id, label and each scenario's score (ids only: no file names, which may carry identifiers)."""
+    names = list(curves)
+    labels = np.asarray(next(iter(curves.values()))[0]) if names else np.zeros(len(image_ids))
+    lines = [",".join(["image_id", "label", *names])]
+    for i, image_id in enumerate(image_ids):
+        values = [f"{float(np.asarray(curves[n][1])[i]):.6f}" for n in names]
+        lines.append(",".join([str(int(image_id)), str(int(labels[i])), *values]))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
 def write_report(
     out: Path,
     metrics: Mapping[str, Any],
