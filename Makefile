@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.limbscan-installed
 DEMO   ?= demo
 FRACATLAS ?= ../shared/data/fracatlas-lowerlimb
 
-.PHONY: install demo test lint bench bench-ingest clean
+.PHONY: install demo test lint bench bench-ingest bench-inference clean
 
 # torch and torchvision first, pinned: pip takes these builds from the machine's disk.
 $(STAMP): pyproject.toml
@@ -44,6 +44,13 @@ lint: install
 
 bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py --out benchmarks/results/ingest.json
+
+# Images/s and peak memory of each scenario on FracAtlas JPEGs and DICOM, beside torchvision's
+# maskrcnn_resnet50_fpn in the same run; needs the bundle `make bench` writes.
+bench-inference: install
+	test -f $(BENCH)/out/model.limbscan/bundle.json || (echo "no bundle at $(BENCH)/out/model.limbscan: run make bench first" && exit 1)
+	$(BIN)/python benchmarks/inference.py --bundle $(BENCH)/out/model.limbscan --fracatlas $(FRACATLAS) \
+		--out benchmarks/results/inference.json
 
 clean:
 	rm -rf $(DEMO) $(BENCH) .pytest_cache
