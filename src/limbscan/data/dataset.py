@@ -23,10 +23,11 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from limbscan.errors import BadInputError, LimbscanError, Skipped
 from limbscan.io.meta import ImageMeta
@@ -38,21 +39,30 @@ SPLITS = ("train", "val", "test")
 BOX_TOLERANCE_PX = 1.0
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text so that a reader sees the old file or the new one, never half of one."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", permissions: int | None = 0o644) -> Iterator[IO]:
+    """A file handle whose content appears at ``path`` whole when the block ends, or not at all:
+    written beside it, fsynced, then renamed over it. ``permissions`` None keeps mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide datasets and reports from a shared group
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        if permissions is not None:
+            os.fchmod(fd, permissions)  # mkstemp's 0600 would hide datasets and reports from a shared group
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text so that a reader sees the old file or the new one, never half of one."""
+    with atomic_file(path) as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -38,8 +38,6 @@ before it reaches the caller.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,6 +51,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from limbscan.data.dataset import atomic_file
 from limbscan.errors import BadInputError
 from limbscan.io.dicom import read_dataset, redact
 from limbscan.io.images import sniff_format
@@ -352,14 +351,8 @@ def _image_reference(header: Dataset) -> Dataset:
 
 def _write_atomic(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file: a temporary file beside ``path``, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pydicom.dcmwrite(f, ds, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb", permissions=None) as f:
+        pydicom.dcmwrite(f, ds, enforce_file_format=True)
     return path
 
 
