@@ -31,6 +31,7 @@ def make_tiny_config():
     for section in (cfg.classifier, cfg.detector):
         section.backbone, section.pretrained = TINY_BACKBONE, False
     cfg.classifier.image_size, cfg.classifier.crop_size, cfg.classifier.top_k = 64, 48, 2
+    cfg.classifier.cascade_score = "geomean"  # configs/cpu.yaml's
     cfg.detector.min_size, cfg.detector.max_size, cfg.detector.fpn_channels = 128, 160, 32
     cfg.detector.rpn_batch_size_per_image, cfg.detector.box_batch_size_per_image = 64, 32
     t = cfg.train

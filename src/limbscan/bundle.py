@@ -289,6 +289,7 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         "crop_size": cascade.get("input_size"),
         "crop_margin": cascade.get("crop_margin"),
         "top_k": cascade.get("top_k"),
+        "cascade_score": cascade.get("cascade_score", "crop") if cascade else None,
     }
 
 

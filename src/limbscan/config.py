@@ -71,8 +71,17 @@ class ClassifierConfig:
     image_size: int = 320  # whole-image input, square (letterboxed)
     crop_size: int = 200  # cascade crop input, square (the paper's 200 x 200)
     crop_margin: float = 0.15  # share of the box's width / height added on each side
-    top_k: int = 1  # cascade: crops per image; image score = max over them
+    top_k: int = 1  # cascade: crops per image; image score from the best of them (see cascade_score)
     crop_jitter: float = 0.1  # cascade training: lesion boxes moved / resized by up to this share, like a detector's
+    # Cascade training: also show each lesion inside a wider box, its size drawn from the
+    # detector's boxes on normal images, so the crop's scale alone does not tell the label.
+    context_crops: bool = False
+    # Cascade: start the crop classifier from ImageNet weights ("imagenet") or from this run's
+    # trained whole-image classifier ("whole-image", which must be trained first).
+    cascade_init: str = "imagenet"
+    # Cascade image score: "crop" (the paper's: the best crop's probability) or "geomean"
+    # (sqrt of that times the detector's image score: an ensemble of the two stages).
+    cascade_score: str = "crop"
     dropout: float = 0.2
 
 

@@ -24,6 +24,7 @@ from limbscan.bundle import CHECKPOINT, read_manifest
 from limbscan.data.cache import as_cached
 from limbscan.data.torchdata import crop_box, letterbox
 from limbscan.errors import BadInputError, LimbscanError
+from limbscan.models import cascade_score
 from limbscan.models.labels import ABNORMAL
 
 log = logging.getLogger(__name__)
@@ -331,9 +332,11 @@ class Model:
 
     def _cascade(self, images: list[_Image], found: list[dict], scores: list[dict], detections: list[dict]) -> None:
         """Crop each image's top-k boxes (the whole image where there is none), classify every
-        crop of the batch at once, keep each image's best crop as its score."""
+        crop of the batch at once, score each image by its best crop (fused with the detector's score by
+        the checkpoint's ``cascade_score`` rule); each box keeps its own crop's probability."""
         extra = self._extra["cascade"]
         size, margin = int(extra["input_size"]), float(extra["crop_margin"])
+        rule = str(extra.get("cascade_score", "crop"))
         owners, boxes, crops = [], [], []
         for i, (im, info) in enumerate(zip(images, found, strict=True)):
             sx, sy = im.pixels.shape[-1] / im.width, im.pixels.shape[-2] / im.height
@@ -345,7 +348,7 @@ class Model:
         probabilities = self._probabilities("cascade", torch.stack(crops))
         for i, im in enumerate(images):
             mine = sorted((j for j, o in enumerate(owners) if o == i), key=lambda j: -probabilities[j])
-            scores[i]["cascade"] = max(probabilities[j] for j in mine)
+            scores[i]["cascade"] = cascade_score(max(probabilities[j] for j in mine), found[i]["score"], rule)
             detections[i]["cascade"] = [Detection(_clip(boxes[j], im), probabilities[j]) for j in mine]
 
     def _detect(self, pixels: list[torch.Tensor]) -> _DetectorPass:

@@ -15,10 +15,12 @@ from limbscan.data.dataset import Dataset
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
+from limbscan.models import cascade_score
 from limbscan.train import scenarios
 from limbscan.train.engine import read_metrics
 from limbscan.train.scenarios import (
     auc_or_none,
+    context_box,
     jitter_box,
     make_stage,
     prepare,
@@ -127,6 +129,57 @@ def test_cascade_resume_reuses_the_saved_proposals(trained, phantoms, monkeypatc
     assert proposals.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
+def test_cascade_options_context_crops_whole_image_start_and_geomean_score(trained, phantoms, tmp_path):
+    import shutil
+
+    from limbscan.eval.scoring import score_run
+    from limbscan.train.checkpoint import load_checkpoint
+
+    out, _ = trained
+    for stage in ("detector", "whole-image"):
+        shutil.copytree(out / stage, tmp_path / stage)
+    cfg = _cfg(scenario="cascade", epochs=1)
+    cfg.classifier.context_crops, cfg.classifier.cascade_init, cfg.classifier.cascade_score = True, "whole-image", "geomean"
+    seen: list[str] = []
+    original = scenarios.CascadeStage._draw
+
+    def spy(self, image, box, how, rng):
+        seen.append(how)
+        return original(self, image, box, how, rng)
+
+    scenarios.CascadeStage._draw = spy
+    try:
+        stage = make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
+        start = load_checkpoint(out / "whole-image" / "best.pt")["model"]
+        assert all(torch.equal(stage.model.state_dict()[k], v) for k, v in start.items())  # starts from whole-image
+        train(phantoms, cfg, tmp_path, progress=False)
+    finally:
+        scenarios.CascadeStage._draw = original
+    assert {"jitter", "context", "fixed"} <= set(seen)
+    assert seen.count("jitter") == seen.count("context")  # one widened box per lesion box
+    assert load_checkpoint(tmp_path / "cascade" / "best.pt")["extra"]["cascade_score"] == "geomean"
+    ds = Dataset.load(phantoms)
+    images = ds.split_images("val")
+    scored = score_run(tmp_path, ds, images, ["detector", "cascade"])
+    crop_only = {i: max(entry["scores"]) for i, entry in scored["cascade"].boxes.items()}
+    for image_id, fused, det in zip(scored["cascade"].image_ids, scored["cascade"].scores, scored["detector"].scores, strict=True):
+        assert fused == pytest.approx((crop_only[image_id] * det) ** 0.5)
+
+
+def test_cascade_init_must_be_known_and_trained_first(trained, phantoms, tmp_path):
+    import shutil
+
+    shutil.copytree(trained[0] / "detector", tmp_path / "detector")
+    cfg = _cfg(scenario="cascade")
+    cfg.classifier.cascade_init = "whole-image"
+    with pytest.raises(LimbscanError, match="whole-image stage trained first"):
+        make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
+    cfg.classifier.cascade_init = "coco"
+    with pytest.raises(LimbscanError, match="'coco' is not imagenet or whole-image"):
+        make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
+
+
 def test_cascade_without_a_trained_detector_says_what_is_missing(phantoms, tmp_path):
     with pytest.raises(LimbscanError, match=r"detector.best\.pt.*train scenario detector"):
         train(phantoms, _cfg(scenario="cascade"), tmp_path, progress=False)
@@ -185,6 +238,25 @@ def test_jitter_box_stays_near_the_box_and_inside_the_image():
         x0, y0, x1, y1 = jitter_box([5, 90, 45, 100], 50, 100, 0.1, rng)
         assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 100
         assert abs(x0 - 5) <= 4.0 + 1e-9 and abs(y1 - 100) <= 1.0 + 1e-9
+
+
+def test_context_box_holds_the_lesion_inside_the_image_at_the_drawn_size():
+    rng = np.random.default_rng(0)
+    for share in [(0.5, 0.3), (0.01, 0.01), (1.0, 1.0)]:
+        for _ in range(200):
+            x0, y0, x1, y1 = context_box([10, 80, 40, 100], 50, 100, share, rng)
+            assert 0 <= x0 <= 10 and 40 <= x1 <= 50 + 1e-9 and 0 <= y0 <= 80 and 100 - 1e-9 <= y1 <= 100 + 1e-9
+            # never smaller than the lesion, otherwise the drawn share of the image
+            assert x1 - x0 == pytest.approx(max(share[0] * 50, 30))
+            assert y1 - y0 == pytest.approx(max(share[1] * 100, 20))
+
+
+def test_cascade_score_rules():
+    assert cascade_score(0.8, 0.2, "crop") == pytest.approx(0.8)
+    assert cascade_score(0.8, 0.2, "geomean") == pytest.approx(0.4)
+    assert cascade_score(0.8, 0.0, "geomean") == 0.0
+    with pytest.raises(LimbscanError, match="cascade score rule 'max'"):
+        cascade_score(0.8, 0.2, "max")
 
 
 def test_scenario_names_and_auc_helpers():

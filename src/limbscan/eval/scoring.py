@@ -22,7 +22,7 @@ from limbscan.data.cache import load_cached
 from limbscan.data.dataset import Dataset
 from limbscan.data.torchdata import CropDataset, WholeImageDataset
 from limbscan.errors import LimbscanError
-from limbscan.models import build_classifier
+from limbscan.models import build_classifier, cascade_score
 from limbscan.train.checkpoint import BEST, load_checkpoint
 from limbscan.train.scenarios import SCENARIOS, describe_detections, load_detector
 
@@ -120,7 +120,8 @@ def score_cascade(
     run: Path, ds: Dataset, images: list[dict], detections: dict[int, dict], batch_size: int = 32,
     progress: bool = False,
 ) -> Scored:
-    """Crop each image's top-k detector boxes (the whole image where there is none), classify, take the max."""
+    """Crop each image's top-k detector boxes (the whole image where there is none), classify, take
+    the max; with the checkpoint's ``cascade_score`` rule ``geomean``, fused with the detector's score."""
     model, extra = load_classifier(Path(run) / "cascade" / BEST)
     items: list[tuple[int, list[float]]] = []  # (image index, box in original pixels)
     for i, image in enumerate(images):
@@ -140,6 +141,8 @@ def score_cascade(
         order = np.argsort(entry["scores"])[::-1]
         entry["boxes"] = [entry["boxes"][j] for j in order]
         entry["scores"] = [entry["scores"][j] for j in order]
+    rule = str(extra.get("cascade_score", "crop"))  # checkpoints before the option: the paper's
+    best = np.asarray([cascade_score(c, detections[int(im["id"])]["score"], rule) for c, im in zip(best, images, strict=True)])
     return Scored([int(im["id"]) for im in images], _labels(images), best, per_image)
 
 

@@ -15,6 +15,7 @@ _LAZY = {
     "list_backbones": "backbones",
     "Classifier": "classifier",
     "build_classifier": "classifier",
+    "cascade_score": "classifier",
     "build_detector": "detector",
     "detector_param_groups": "detector",
     "image_scores": "detector",

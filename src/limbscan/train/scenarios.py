@@ -4,7 +4,7 @@
 |---------------|--------------------------------|-----------------------------------------------|--------------------------------|
 | whole-image   | Classifier                     | whole images, letterboxed                     | sigmoid(logit)                 |
 | detector      | Mask R-CNN                     | normal images boxed whole, lesion boxes       | best ABNORMAL box score        |
-| cascade       | Classifier on crops            | lesion boxes (jittered) + detector proposals  | max over top-k crops           |
+| cascade       | Classifier on crops            | lesion boxes (jittered) + detector proposals  | max over top-k crops (x detector, ``geomean``) |
 
 The cascade's classifier learns from crops drawn the way inference draws them: on normal
 images the trained detector's own top-k boxes (what it will be shown at inference), on abnormal
@@ -52,7 +52,14 @@ from limbscan.data.torchdata import (
     shard,
 )
 from limbscan.errors import LimbscanError
-from limbscan.models import build_classifier, build_detector, detector_param_groups, image_scores, top_boxes
+from limbscan.models import (
+    build_classifier,
+    build_detector,
+    cascade_score,
+    detector_param_groups,
+    image_scores,
+    top_boxes,
+)
 from limbscan.models.labels import ABNORMAL
 from limbscan.train.checkpoint import BEST, load_checkpoint, seed_everything
 from limbscan.train.engine import DistInfo, FitResult, fit, init_distributed, shutdown_distributed
@@ -350,8 +357,9 @@ def detector_proposals(
     info: DistInfo,
     batch_size: int = 2,
     progress: bool = False,
-) -> dict[int, list[list[float]]]:
-    """Each image's top-k detector boxes (:func:`top_boxes`), XYXY in ORIGINAL pixels, by image id.
+) -> dict[int, dict[str, Any]]:
+    """Each image's top-k detector boxes (``top``, :func:`top_boxes`, XYXY in ORIGINAL pixels) and
+    image score (``score``), by image id.
 
     Under DDP each rank runs its shard and the ranks swap results. An image the detector finds
     nothing on gets no box here; the cascade then crops it whole.
@@ -360,14 +368,15 @@ def detector_proposals(
     dataset = _PixelsDataset(ds, images, cache_side)
     mine = shard(range(len(images)), info.rank, info.world_size) if info.distributed else list(range(len(images)))
     mine = sorted(set(mine))
-    found: dict[int, list[list[float]]] = {}
+    found: dict[int, dict[str, Any]] = {}
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     for batch in track(batches, description="Detector proposals", disable=not (progress and info.is_main),
                        transient=True):
         pixels = [dataset[i][0].to(info.device) for i in batch]
         outputs = model(pixels)
         for i, pix, out in zip(batch, pixels, outputs):
-            found[int(images[i]["id"])] = describe_detections(images[i], pix, out, k)["top"]
+            info_ = describe_detections(images[i], pix, out, k)
+            found[int(images[i]["id"])] = {"top": info_["top"], "score": info_["score"]}
     if info.distributed:
         parts: list[Any] = [None] * info.world_size
         dist.all_gather_object(parts, found)
@@ -403,6 +412,23 @@ def jitter_box(box: Sequence[float], width: float, height: float, amount: float,
     return [nx0, ny0, nx1, ny1]
 
 
+def context_box(
+    box: Sequence[float], width: float, height: float, share: tuple[float, float], rng: np.random.Generator
+) -> list[float]:
+    """A box of ``share`` (width, height fractions) of the image that holds ``box`` whole, placed at
+    random around it and kept inside the image; never smaller than ``box``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw = min(max(share[0] * width, x1 - x0), width)
+    bh = min(max(share[1] * height, y1 - y0), height)
+    nx0 = rng.uniform(max(0.0, x1 - bw), max(max(0.0, x1 - bw), min(x0, width - bw)))
+    ny0 = rng.uniform(max(0.0, y1 - bh), max(max(0.0, y1 - bh), min(y0, height - bh)))
+    return [nx0, ny0, nx0 + bw, ny0 + bh]
+
+
+# How a cascade training box is drawn each epoch: as it is, moved a little, or widened around it.
+FIXED, JITTER, CONTEXT = "fixed", "jitter", "context"
+
+
 class CascadeStage(_ClassifierStage):
     """The paper's scenario 2: the detector proposes, a classifier judges each crop; image score = max."""
 
@@ -418,19 +444,35 @@ class CascadeStage(_ClassifierStage):
                 f"{detector_path}: not found; the cascade needs a trained detector "
                 "(train scenario detector first, or all)"
             )
+        if cfg.classifier.cascade_init == "whole-image":
+            self._init_from_whole_image(Path(out) / "whole-image" / BEST)
+        elif cfg.classifier.cascade_init != "imagenet":
+            raise LimbscanError(
+                f"classifier.cascade_init: {cfg.classifier.cascade_init!r} is not imagenet or whole-image"
+            )
         proposals = self._proposals(Path(out), detector_path, resume, progress)
         self.train_proposals, self.val_proposals = proposals["train"], proposals["val"]
+        self.rule = cfg.classifier.cascade_score
+        cascade_score(0.5, 0.5, self.rule)  # an unknown rule fails here, not after training
+        self.val_detector_scores = [float(proposals["val_scores"][str(im["id"])]) for im in run.val_images]
         # Positives: lesion boxes; negatives: the detector's own boxes on normal images. An abnormal
         # image without a lesion box has only its image label: its proposals stand in, as positives.
-        self.train_base: list[tuple[dict, list[float], int, bool]] = []  # (image, box, label, jitter?)
+        self.train_base: list[tuple[dict, list[float], int, str]] = []  # (image, box, label, how to draw)
         for image in run.train_images:
             label = int(image["label"])
             lesions = [_xyxy(a["bbox"]) for a in run.ds.annotations_for(image["id"])] if label else []
             if lesions:
-                self.train_base.extend((image, box, 1, True) for box in lesions)
+                self.train_base.extend((image, box, 1, JITTER) for box in lesions)
+                if cfg.classifier.context_crops:
+                    self.train_base.extend((image, box, 1, CONTEXT) for box in lesions)
             else:
                 boxes = self.train_proposals.get(str(image["id"])) or [_whole_box(image)]
-                self.train_base.extend((image, box, label, False) for box in boxes)
+                self.train_base.extend((image, box, label, FIXED) for box in boxes)
+        # Box sizes as shares of their image, from the negatives: what a context crop's size is drawn from.
+        self.context_sizes = [
+            ((box[2] - box[0]) / image["width"], (box[3] - box[1]) / image["height"])
+            for image, box, label, how in self.train_base if how == FIXED and label == 0
+        ] or [(1.0, 1.0)]
         self.labels = [label for _, _, label, _ in self.train_base]
         self._set_pos_weight(self.labels)
         val_items = []
@@ -440,7 +482,17 @@ class CascadeStage(_ClassifierStage):
                 val_items.append((image, box, int(image["label"])))
                 self.val_owner.append(i)
         self.val_set = CropDataset(run.ds, val_items, run.cache_side, self.size, self.margin)
-        self.checkpoint_extra.update(crop_margin=self.margin, top_k=self.k)
+        self.checkpoint_extra.update(crop_margin=self.margin, top_k=self.k, cascade_score=self.rule)
+
+    def _init_from_whole_image(self, path: Path) -> None:
+        if not path.is_file():
+            raise LimbscanError(
+                f"{path}: not found; classifier.cascade_init=whole-image needs the whole-image stage trained first"
+            )
+        ckpt = load_checkpoint(path)
+        if ckpt.get("stage") != "whole-image":
+            raise LimbscanError(f"{path}: holds stage {ckpt.get('stage')!r}, not 'whole-image'")
+        self.model.load_state_dict(ckpt["model"])
 
     def _proposals(self, out: Path, detector_path: Path, resume: bool, progress: bool) -> dict[str, dict]:
         info = init_distributed()
@@ -453,7 +505,8 @@ class CascadeStage(_ClassifierStage):
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError:
                 saved = {}
-            if saved.get("detector_sha256") == digest and saved.get("top_k") == self.k and saved.get("ids") == ids:
+            if (saved.get("detector_sha256") == digest and saved.get("top_k") == self.k
+                    and saved.get("ids") == ids and "val_scores" in saved):
                 return saved
         detector = load_detector(detector_path).to(info.device)
         cache = self.run.cache_side
@@ -467,8 +520,9 @@ class CascadeStage(_ClassifierStage):
             "detector_sha256": digest,
             "top_k": self.k,
             "ids": ids,
-            "train": {str(i): b for i, b in sorted(train.items())},
-            "val": {str(i): b for i, b in sorted(val.items())},
+            "train": {str(i): found["top"] for i, found in sorted(train.items())},
+            "val": {str(i): found["top"] for i, found in sorted(val.items())},
+            "val_scores": {str(i): found["score"] for i, found in sorted(val.items())},
         }
         if info.is_main:
             write_json_atomic(path, saved)
@@ -478,18 +532,25 @@ class CascadeStage(_ClassifierStage):
 
     def train_loader(self, epoch: int, rank: int, world_size: int) -> DataLoader:
         rng = np.random.default_rng(_seed(self.cfg.train.seed, epoch, 2))
-        items = [
-            (image, jitter_box(box, image["width"], image["height"], self.cfg.classifier.crop_jitter, rng) if jitter else box, label)
-            for image, box, label, jitter in self.train_base
-        ]
+        items = [(image, self._draw(image, box, how, rng), label) for image, box, label, how in self.train_base]
         dataset = CropDataset(self.run.ds, items, self.run.cache_side, self.size, self.margin, self.augment)
         t = self.cfg.train
         return train_loader(dataset, self.labels, self.cfg, epoch, rank, world_size, t.batch_size, t.balance)
+
+    def _draw(self, image: dict, box: list[float], how: str, rng: np.random.Generator) -> list[float]:
+        width, height = image["width"], image["height"]
+        if how == JITTER:
+            return jitter_box(box, width, height, self.cfg.classifier.crop_jitter, rng)
+        if how == CONTEXT:
+            share = self.context_sizes[int(rng.integers(len(self.context_sizes)))]
+            return context_box(box, width, height, share, rng)
+        return box
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
         scores, _ = self._scores(model, self.val_set)
         best = np.zeros(len(self.run.val_images))
         np.maximum.at(best, np.asarray(self.val_owner), scores)  # every image has at least one crop
+        best = np.asarray([cascade_score(c, d, self.rule) for c, d in zip(best, self.val_detector_scores, strict=True)])
         labels = [int(im["label"]) for im in self.run.val_images]
         return {"val_auc": auc_or_none(labels, best), "val_images": float(len(labels))}
 
@@ -586,6 +647,7 @@ __all__ = [
     "RunData",
     "WholeImageStage",
     "auc_or_none",
+    "context_box",
     "detector_proposals",
     "jitter_box",
     "load_detector",
