@@ -15,7 +15,6 @@ and stored: every later use of the bundle (predict, serve, evaluate) applies the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from limbscan.data.dataset import sha256_file
 from limbscan.errors import BadInputError, LimbscanError
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,6 @@ ONNX_TOLERANCE = 1e-4
 
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
-
-
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def default_scenario(scenarios: list[str]) -> str:

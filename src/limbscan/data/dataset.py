@@ -19,6 +19,7 @@ normal images is made by the models, not stored. ``patient_id`` is always a pseu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,6 +38,12 @@ LESION_CATEGORY = {"id": 1, "name": "lesion", "supercategory": "abnormal"}
 SPLITS = ("train", "val", "test")
 # Polygon and box coordinates from annotation tools often overshoot by a fraction of a pixel.
 BOX_TOLERANCE_PX = 1.0
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @contextmanager

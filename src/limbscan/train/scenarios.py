@@ -20,7 +20,6 @@ or ``none``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from torch.utils.data import Dataset as TorchDataset
 from limbscan.config import Config, DetectorConfig
 from limbscan.data.augment import PaperAugment
 from limbscan.data.cache import build_cache, load_cached
-from limbscan.data.dataset import Dataset, write_json_atomic
+from limbscan.data.dataset import Dataset, sha256_file, write_json_atomic
 from limbscan.data.torchdata import (
     CropDataset,
     DetectionDataset,
@@ -385,14 +384,6 @@ def detector_proposals(
     return found
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _whole_box(image: dict) -> list[float]:
     return [0.0, 0.0, float(image["width"]), float(image["height"])]
 
@@ -497,7 +488,7 @@ class CascadeStage(_ClassifierStage):
     def _proposals(self, out: Path, detector_path: Path, resume: bool, progress: bool) -> dict[str, dict]:
         info = init_distributed()
         path = out / self.name / PROPOSALS_FILE
-        digest = _file_digest(detector_path)
+        digest = sha256_file(detector_path)
         ids = {split: sorted(int(im["id"]) for im in images)
                for split, images in (("train", self.run.train_images), ("val", self.run.val_images))}
         if resume and path.is_file():
