@@ -178,6 +178,9 @@ def test_cascade_init_must_be_known_and_trained_first(trained, phantoms, tmp_pat
     cfg.classifier.cascade_init = "coco"
     with pytest.raises(LimbscanError, match="'coco' is not imagenet or whole-image"):
         make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
+    cfg.classifier.cascade_init, cfg.classifier.cascade_score = "imagenet", "max"
+    with pytest.raises(LimbscanError, match="classifier.cascade_score 'max' is not one of crop, geomean"):
+        make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
 
 
 def test_cascade_without_a_trained_detector_says_what_is_missing(phantoms, tmp_path):

@@ -59,6 +59,7 @@ from limbscan.models import (
     image_scores,
     top_boxes,
 )
+from limbscan.models.classifier import CASCADE_SCORES
 from limbscan.models.labels import ABNORMAL
 from limbscan.train.checkpoint import BEST, load_checkpoint, seed_everything
 from limbscan.train.engine import DistInfo, FitResult, fit, init_distributed, shutdown_distributed
@@ -374,8 +375,8 @@ def detector_proposals(
         pixels = [dataset[i][0].to(info.device) for i in batch]
         outputs = model(pixels)
         for i, pix, out in zip(batch, pixels, outputs):
-            info_ = describe_detections(images[i], pix, out, k)
-            found[int(images[i]["id"])] = {"top": info_["top"], "score": info_["score"]}
+            described = describe_detections(images[i], pix, out, k)
+            found[int(images[i]["id"])] = {"top": described["top"], "score": described["score"]}
     if info.distributed:
         parts: list[Any] = [None] * info.world_size
         dist.all_gather_object(parts, found)
@@ -421,7 +422,8 @@ FIXED, JITTER, CONTEXT = "fixed", "jitter", "context"
 
 
 class CascadeStage(_ClassifierStage):
-    """The paper's scenario 2: the detector proposes, a classifier judges each crop; image score = max."""
+    """The paper's scenario 2: the detector proposes, a classifier judges each crop; image score = the
+    best crop's probability, or with ``classifier.cascade_score`` = geomean, fused with the detector's."""
 
     name = "cascade"
 
@@ -444,7 +446,8 @@ class CascadeStage(_ClassifierStage):
         proposals = self._proposals(Path(out), detector_path, resume, progress)
         self.train_proposals, self.val_proposals = proposals["train"], proposals["val"]
         self.rule = cfg.classifier.cascade_score
-        cascade_score(0.5, 0.5, self.rule)  # an unknown rule fails here, not after training
+        if self.rule not in CASCADE_SCORES:  # here, not after training
+            raise LimbscanError(f"config: classifier.cascade_score {self.rule!r} is not one of {', '.join(CASCADE_SCORES)}")
         self.val_detector_scores = [float(proposals["val_scores"][str(im["id"])]) for im in run.val_images]
         # Positives: lesion boxes; negatives: the detector's own boxes on normal images. An abnormal
         # image without a lesion box has only its image label: its proposals stand in, as positives.
