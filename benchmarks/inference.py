@@ -47,7 +47,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("whole-image", "detector", "cascade")
+from limbscan.scenarios import default_scenario, names
+
+SCENARIOS = names()  # the registered scenarios (torch-free table)
 FORMATS = ("jpeg", "dicom")
 TORCHVISION = "torchvision-maskrcnn_resnet50_fpn"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -237,7 +239,7 @@ PROFILE_FUNCTIONS = (
     ("preprocess (as_cached: resize + quantise)", "limbscan/data/cache.py", "as_cached"),
     ("  resize_longest (Lanczos)", "limbscan/data/cache.py", "resize_longest"),
     ("detector transform (resize + normalise)", "torchvision/models/detection/transform.py", "forward"),
-    ("describe_detections (top-k boxes)", "limbscan/train/scenarios.py", "describe_detections"),
+    ("describe_detections (top-k boxes)", "limbscan/models/detector.py", "describe_detections"),
     ("cascade crops (crop_box)", "limbscan/data/torchdata.py", "crop_box"),
     ("letterbox (to the classifier's square)", "limbscan/data/torchdata.py", "letterbox"),
     ("paste_masks_in_image", "torchvision/models/detection/roi_heads.py", "paste_masks_in_image"),
@@ -257,23 +259,18 @@ DETECTOR_PARTS = (
 )
 
 
-def _find_modules(obj: Any) -> dict[str, Any]:
-    """``torch.nn.Module``s held by the Model (attributes, one level of dicts/lists), by attribute name.
-
-    The benchmark does not own ``limbscan.inference``; it looks rather than assumes, and a
-    module it cannot find is simply not timed.
-    """
+def _find_modules(predictor: Any) -> dict[str, Any]:
+    """The ``torch.nn.Module``s of the predictor's scenarios (their ``detector`` and
+    ``classifier``), each once, named by scenario; the detector the cascade shares is timed once."""
     import torch
 
     found: dict[str, Any] = {}
-    for name, value in vars(obj).items():
-        items = (
-            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
-        )
-        for key, sub in [(name, value), *((f"{name}[{k}]", v) for k, v in items)]:
-            # the same module may sit under two attributes (e.g. a loaded and a runnable copy)
+    for name in predictor.scenarios:
+        scenario = predictor.scenario(name)
+        for attr in ("detector", "classifier"):
+            sub = getattr(scenario, attr, None)
             if isinstance(sub, torch.nn.Module) and all(sub is not seen for seen in found.values()):
-                found[key] = sub
+                found[f"{name}.{attr}"] = sub
     return found
 
 
@@ -313,7 +310,7 @@ def _attach_timers(model: Any) -> _ModuleTimers:
                 if sub is not None:
                     timers.add(sub, label)
         else:
-            timers.add(module, f"classifier ({name})")
+            timers.add(module, f"classifier ({name.split('.')[0]})")
     return timers
 
 
@@ -746,7 +743,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             print_rows(rows)
 
         if args.profile:
-            scenario = args.profile_scenario or ("cascade" if "cascade" in scenarios else scenarios[0])
+            scenario = args.profile_scenario or default_scenario(scenarios)
             for with_masks in masks:
                 # half fractured, half normal as in the timed list: small and large decodes alike
                 paths = [str(p) for p in pick_images(args.fracatlas, min(args.profile_n, len(jpegs)))]

@@ -52,7 +52,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     from limbscan.config import Config
     from limbscan.data.split import split_dataset
     from limbscan.data.synth import synthesize
-    from limbscan.train.scenarios import train
+    from limbscan.train.runner import train
 
     root = tmp_path_factory.mktemp("tiny_ds")
     ds = split_dataset(synthesize(root, n=30, seed=5, abnormal_fraction=0.5, progress=False), Config().data.split)

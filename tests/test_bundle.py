@@ -54,8 +54,7 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
 def test_checkpoints_keep_weights_only_and_still_load(bundle, tiny_run):
     import torch
 
-    from limbscan.eval.scoring import load_classifier
-    from limbscan.train.scenarios import load_detector
+    from limbscan.models.loading import load_classifier, load_detector
 
     _, run = tiny_run
     for name in ("whole-image", "detector", "cascade"):

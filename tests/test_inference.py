@@ -69,7 +69,7 @@ def test_preprocess_is_what_training_saw(model, sample):
 def _score_each(bundle, ds, images, scenarios=None):
     """score_run image by image: torchvision pads a detector batch to its largest image, which
     moves the scores of the smaller ones; predict batches only images of one size."""
-    from limbscan.eval.scoring import score_run
+    from limbscan.scenarios.scoring import score_run
 
     return [score_run(bundle, ds, [image], scenarios) for image in images]
 

@@ -15,6 +15,7 @@ from limbscan.errors import BadInputError, LimbscanError  # noqa: E402
 # Loaded on first use: `import limbscan` (and every CLI call) must not pay for torch.
 _LAZY = {
     "load": "limbscan.inference",
+    "Predictor": "limbscan.inference",
     "Model": "limbscan.inference",
     "Prediction": "limbscan.inference",
     "Detection": "limbscan.inference",

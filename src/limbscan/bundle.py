@@ -24,16 +24,18 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from limbscan.data.dataset import sha256_file
 from limbscan.errors import BadInputError, LimbscanError
+from limbscan.rundir import BEST, VAL_SCORES_FILE, RunDir
+from limbscan.scenarios import classifier_scenarios, info
+from limbscan.scenarios import default_scenario as _default_scenario
+from limbscan.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
 MANIFEST = "bundle.json"
-CONFIG_FILE = "config.yaml"
 ONNX_DIR = "onnx"
-CHECKPOINT = "best.pt"  # the run's best checkpoint; the same name as train.checkpoint.BEST
+CHECKPOINT = BEST  # a bundle keeps each scenario's best checkpoint, under the run's name for it
 # What a bundle's checkpoint keeps: what load_classifier / load_detector read, and the epoch
 # and AUC it was chosen at. Optimizer, scheduler, scaler, RNG state and history stay behind.
 CHECKPOINT_KEYS = ("format", "stage", "epoch", "epochs", "model", "config", "extra", "best_auc", "best_epoch")
@@ -46,10 +48,8 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def default_scenario(scenarios: list[str]) -> str:
-    for name in ("cascade", "detector", "whole-image"):
-        if name in scenarios:
-            return name
-    raise LimbscanError("no scenario to choose a default from")
+    """The scenario ``predict`` and ``serve`` use unless told: see :func:`limbscan.scenarios.default_scenario`."""
+    return _default_scenario(scenarios)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -121,9 +121,8 @@ def export_bundle(
     """
     from rich.progress import track
 
-    from limbscan.eval.scoring import trained_scenarios
-
     run, out = Path(run), Path(out)
+    folder = RunDir(run)
     if not run.is_dir():
         raise LimbscanError(f"{run}: not a run folder")
     if out.resolve() == run.resolve():
@@ -133,11 +132,13 @@ def export_bundle(
     if out.exists() and not (is_bundle(out) or (out.is_dir() and not any(out.iterdir()))):
         # --overwrite replaces a bundle, never an unrelated folder that happens to have the name.
         raise LimbscanError(f"{out}: exists and is not a limbscan bundle; refusing to replace it")
-    scenarios = trained_scenarios(run)
+    scenarios = folder.trained()
     if not scenarios:
         raise LimbscanError(f"{run}: no trained scenario here (expected <scenario>/{CHECKPOINT})")
-    if "cascade" in scenarios and "detector" not in scenarios:
-        raise LimbscanError(f"{run}: the cascade needs its detector, and {run / 'detector' / CHECKPOINT} is missing")
+    for name in scenarios:
+        for need in info(name).needs:
+            if need not in scenarios:
+                raise LimbscanError(f"{run}: the {name} needs its {need}, and {folder.best(need)} is missing")
     val = _val_scores(run, scenarios)
     thresholds, rule = _thresholds(val, scenarios, target_sensitivity)
 
@@ -146,9 +147,9 @@ def export_bundle(
     try:
         checkpoints = {}
         for name in track(scenarios, description="export", disable=not progress, transient=True):
-            checkpoints[name] = _write_weights(run / name / CHECKPOINT, tmp / name / CHECKPOINT)
-        _write_config(run, checkpoints, tmp / CONFIG_FILE)
-        shutil.copyfile(run / "val_scores.json", tmp / "val_scores.json")
+            checkpoints[name] = _write_weights(folder.best(name), RunDir(tmp).best(name))
+        _write_config(run, checkpoints, RunDir(tmp).config)
+        shutil.copyfile(folder.val_scores, RunDir(tmp).val_scores)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "limbscan_version": _version(),
@@ -182,7 +183,7 @@ def _version() -> str:
 
 
 def _val_scores(run: Path, scenarios: list[str]) -> dict[str, Any]:
-    path = run / "val_scores.json"
+    path = RunDir(run).val_scores
     if not path.is_file():
         raise LimbscanError(
             f"{path}: not found; a bundle's thresholds are chosen on the run's validation scores, which "
@@ -209,12 +210,13 @@ def _thresholds(
         try:
             thresholds[name] = choose_threshold(val["labels"], val["scores"][name], method, target_sensitivity)
         except MetricsInputError as err:
-            raise LimbscanError(f"val_scores.json, {name}: {err}") from err
+            raise LimbscanError(f"{VAL_SCORES_FILE}, {name}: {err}") from err
     return thresholds, ("youden" if target_sensitivity is None else f"sensitivity>={target_sensitivity:g}")
 
 
 def _write_weights(src: Path, dst: Path) -> dict[str, Any]:
-    from limbscan.train.checkpoint import load_checkpoint, save_checkpoint
+    from limbscan.models.loading import load_checkpoint
+    from limbscan.train.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(src)
     kept = {key: ckpt[key] for key in CHECKPOINT_KEYS if key in ckpt}
@@ -223,8 +225,8 @@ def _write_weights(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def _write_config(run: Path, checkpoints: dict[str, dict], dst: Path) -> None:
-    if (run / CONFIG_FILE).is_file():
-        shutil.copyfile(run / CONFIG_FILE, dst)
+    if RunDir(run).config.is_file():
+        shutil.copyfile(RunDir(run).config, dst)
         return
     # A run trained through the Python API has no config.yaml; every checkpoint holds the config.
     from limbscan.config import config_from_dict, save_config
@@ -273,6 +275,8 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         # Inference resizes each image once, as the cache did; stages cached at different
         # sizes would each need their own copy, which no run made by `limbscan train` has.
         raise LimbscanError(f"the run's scenarios were trained at different cache sizes ({sides}); retrain one")
+    from limbscan.scenarios.cascade import rule_of
+
     first = next(iter(checkpoints.values()))["extra"]
     whole = checkpoints.get("whole-image", {}).get("extra", {})
     cascade = checkpoints.get("cascade", {}).get("extra", {})
@@ -284,7 +288,7 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         "crop_size": cascade.get("input_size"),
         "crop_margin": cascade.get("crop_margin"),
         "top_k": cascade.get("top_k"),
-        "cascade_score": cascade.get("cascade_score", "crop") if cascade else None,
+        "cascade_score": rule_of(cascade) if cascade else None,
     }
 
 
@@ -302,16 +306,16 @@ def export_onnx(bundle: Path, scenarios: list[str]) -> tuple[dict[str, str], dic
         import onnxruntime  # noqa: F401
     except ImportError as err:
         raise LimbscanError(f"--onnx needs the onnx and onnxruntime packages ({err.name} is not installed)") from err
-    from limbscan.eval.scoring import load_classifier
+    from limbscan.models.loading import load_classifier
 
     folder = bundle / ONNX_DIR
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     notes: dict[str, str] = {}
-    for name in ("whole-image", "cascade"):
+    for name in classifier_scenarios():
         if name not in scenarios:
             continue
-        model, extra = load_classifier(bundle / name / CHECKPOINT)
+        model, extra = load_classifier(RunDir(bundle).best(name))
         size = int(extra["input_size"])
         path = folder / f"{name}.onnx"
         _onnx_export(_with_probability(model), (_torch().rand(2, 1, size, size),), path, ["image"],
@@ -324,7 +328,7 @@ def export_onnx(bundle: Path, scenarios: list[str]) -> tuple[dict[str, str], dic
     if "detector" in scenarios:
         path = folder / "detector.onnx"
         try:
-            _export_detector(bundle / "detector" / CHECKPOINT, path)
+            _export_detector(RunDir(bundle).best("detector"), path)
         except _OnnxMismatch:
             raise
         except Exception as err:  # noqa: BLE001 - any tracing failure only leaves the detector out
@@ -400,8 +404,7 @@ def _export_detector(checkpoint: Path, path: Path) -> None:
     import onnxruntime as ort
 
     from limbscan.models.labels import ABNORMAL
-    from limbscan.train.checkpoint import load_checkpoint
-    from limbscan.train.scenarios import load_detector
+    from limbscan.models.loading import load_checkpoint, load_detector
 
     torch = _torch()
     model = load_detector(checkpoint).eval()

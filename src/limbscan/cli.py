@@ -67,8 +67,8 @@ def _report_skipped(skipped: list[Skipped], warnings: list[Skipped] = ()) -> Non
 
 def _finish_import(result, out: Path) -> None:
     """Print what an importer did, keep its skip list beside the dataset."""
-    from limbscan.data.dataset import write_json_atomic
     from limbscan.data.stats import render_stats, stats_table
+    from limbscan.utils.files import write_json_atomic
 
     ds = result.dataset
     write_json_atomic(
@@ -261,14 +261,15 @@ def train_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train the whole-image baseline, the detector and / or the cascade on DS's train split."""
-    from limbscan.config import load_config, save_config
-    from limbscan.train.scenarios import train
+    from limbscan.config import save_config
+    from limbscan.rundir import RunDir
+    from limbscan.train.runner import train
 
-    if resume and config is None and (out / "config.yaml").is_file():
-        config = out / "config.yaml"  # a resumed run goes on with the settings it started with
-    cfg = load_config(config, list(overrides or []) + ([f"train.scenario={scenario}"] if scenario else []))
+    run = RunDir(out)
+    # --resume with no -c goes on with the settings the run started with: the library's rule.
+    cfg = run.config_for(config, list(overrides or []) + ([f"train.scenario={scenario}"] if scenario else []), resume)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, run.config)
     results = train(dataset, cfg, out, resume=resume, progress=not quiet)
     for name, result in results.items():
         auc = result.best_auc
@@ -341,9 +342,9 @@ def benchmark_cmd(
 ) -> None:
     """Train whole-image, detector and cascade on one split, evaluate on test, compare in one report."""
     from limbscan.config import load_config
-    from limbscan.eval.benchmark import benchmark
+    from limbscan.eval.pipeline import run_pipeline
 
-    metrics = benchmark(dataset, load_config(config, list(overrides or [])), out, n_boot=n_boot, progress=not quiet)
+    metrics = run_pipeline(dataset, load_config(config, list(overrides or [])), out, n_boot=n_boot, progress=not quiet)
     for t in metrics["timing"]:
         console.print(f"{t['stage']}: {t['seconds'] / 60:.1f} min, peak RSS {t['peak_rss_mb']:.0f} MB", highlight=False)
     _print_evaluation(metrics, out / "report")

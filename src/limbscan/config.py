@@ -3,19 +3,30 @@
 ``load_config("configs/cpu.yaml", ["data.cache.longest_side=512"])`` reads the file, applies
 ``key=value`` overrides (values parsed as YAML, so ``0.1``, ``true`` and ``[1, 2]`` work) and
 checks every key exists, so a typo is an error rather than a silently ignored setting.
+Values are checked too (:func:`check_config`): types, the closed sets of ``Literal`` fields,
+``train.scenario`` against the scenario table, and ranges where a value can only be a mistake,
+so ``train.schedule=cosin`` fails at load, not after two stages have trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from limbscan.errors import LimbscanError
+
+# The closed sets of values (``typing.get_args(Schedule)`` gives the tuple of names).
+Schedule = Literal["cosine", "step", "constant"]  # after warm-up
+Balance = Literal["sampler", "loss", "none"]  # class imbalance
+CascadeInit = Literal["imagenet", "whole-image"]
+CascadeScore = Literal["crop", "geomean"]
 
 
 @dataclass
@@ -78,10 +89,10 @@ class ClassifierConfig:
     context_crops: bool = False
     # Cascade: start the crop classifier from ImageNet weights ("imagenet") or from this run's
     # trained whole-image classifier ("whole-image", which must be trained first).
-    cascade_init: str = "imagenet"
+    cascade_init: CascadeInit = "imagenet"
     # Cascade image score: "crop" (the paper's: the best crop's probability) or "geomean"
     # (sqrt of that times the detector's image score: an ensemble of the two stages).
-    cascade_score: str = "crop"
+    cascade_score: CascadeScore = "crop"
     dropout: float = 0.2
 
 
@@ -107,7 +118,7 @@ class DetectorConfig:
 
 @dataclass
 class TrainConfig:
-    scenario: str = "all"  # whole-image | detector | cascade | all
+    scenario: str = "all"  # all, or a comma list of limbscan.scenarios names
     epochs: int = 6  # whole-image and cascade classifiers
     detector_epochs: int = 4
     batch_size: int = 16
@@ -117,8 +128,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    schedule: str = "cosine"  # cosine | step | constant (after warm-up)
-    balance: str = "sampler"  # sampler | loss | none (class imbalance)
+    schedule: Schedule = "cosine"  # cosine | step | constant (after warm-up)
+    balance: Balance = "sampler"  # sampler | loss | none (class imbalance)
     amp: bool = True  # CUDA only
     channels_last: bool = True  # CUDA only
     seed: int = 0
@@ -164,13 +175,195 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[name] = tuple(value)
+            kwargs[name] = _build(hint, value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _leaf(hint, value, key, from_text=True)
     return cls(**kwargs)
+
+
+# What PyYAML's safe_load (YAML 1.1) leaves a string although it is a number: ``1e-3``, ``1e3``
+# (its float pattern needs a dot). Only float fields take these, and only when built from a tree.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _leaf(hint: Any, value: Any, key: str, from_text: bool = False) -> Any:
+    """``value`` checked against the field type ``hint``; lists become tuples, and with
+    ``from_text`` a numeric string becomes a float where a float is declared."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or not isinstance(value, str):
+            raise LimbscanError(f"config: {key} {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if args[-1] is Ellipsis:
+            item_types, size = (args[0],), None
+        else:
+            item_types, size = args, len(args)
+        if not isinstance(value, (list, tuple)) or (len(value) != size if size is not None else not value):
+            what = f"a list of {size} values" if size is not None else "a non-empty list"
+            raise LimbscanError(f"config: {key} {value!r} must be {what}, each {_type_name(item_types[0])}")
+        return tuple(
+            _leaf(item_types[i if size is not None else 0], item, f"{key}[{i}]", from_text)
+            for i, item in enumerate(value)
+        )
+    if hint is float:
+        if from_text and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint in (bool, str):
+        ok = isinstance(value, hint)
+    else:  # pragma: no cover - a field type this function does not know yet
+        raise TypeError(f"config: {key}: no check for type {hint!r}")
+    if not ok:
+        raise LimbscanError(f"config: {key} {value!r} must be {_type_name(hint)}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _range(key: str, value: Any, ok: bool, rule: str) -> None:
+    if not ok:
+        raise LimbscanError(f"config: {key} {value!r} must be {rule}")
+
+
+def _positive(where: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _range(f"{where}.{name}", value, value > 0, "> 0")
+
+
+def _non_negative(where: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _range(f"{where}.{name}", value, value >= 0, ">= 0")
+
+
+# Probabilities typed by hand in YAML: 0.8 + 4 * 0.05 is not exactly 1 in floats.
+_SUM_TOLERANCE = 1e-6
+
+
+def _check_augment(cfg: AugmentConfig, where: str) -> None:
+    probs = cfg.probabilities()
+    for name, p in probs.items():
+        _range(f"{where}.p_{name}", p, 0 <= p <= 1, "a probability in [0, 1]")
+    total = sum(probs.values())
+    if not math.isclose(total, 1.0, abs_tol=_SUM_TOLERANCE):
+        listed = ", ".join(f"p_{k}={v:g}" for k, v in probs.items())
+        raise LimbscanError(
+            f"config: {where} probabilities must sum to 1 (exactly one op per sample), got {total:g} ({listed})"
+        )
+    _non_negative(where, cfg, "rotate_degrees")
+    _range(f"{where}.shift_fraction", cfg.shift_fraction, 0 <= cfg.shift_fraction <= 1, "in [0, 1]")
+    lo, hi = cfg.scale_range
+    _range(f"{where}.scale_range", cfg.scale_range, 0 < lo <= hi, "0 < low <= high")
+
+
+def _check_split(cfg: SplitConfig, where: str) -> None:
+    fractions = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    for name, f in fractions.items():
+        _range(f"{where}.{name}", f, 0 <= f <= 1, "a fraction in [0, 1]")
+    total = sum(fractions.values())
+    if not math.isclose(total, 1.0, abs_tol=_SUM_TOLERANCE):
+        listed = ", ".join(f"{k}={v:g}" for k, v in fractions.items())
+        raise LimbscanError(f"config: {where} fractions must sum to 1, got {total:g} ({listed})")
+
+
+def _check_classifier(cfg: ClassifierConfig, where: str) -> None:
+    _positive(where, cfg, "image_size", "crop_size", "top_k")
+    _non_negative(where, cfg, "crop_margin", "crop_jitter")
+    _range(f"{where}.dropout", cfg.dropout, 0 <= cfg.dropout < 1, "in [0, 1)")
+
+
+def _check_detector(cfg: DetectorConfig, where: str) -> None:
+    _positive(
+        where, cfg, "fpn_channels", "min_size", "max_size", "rpn_batch_size_per_image", "box_batch_size_per_image",
+        "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+        "box_detections_per_img",
+    )  # fmt: skip
+    _non_negative(where, cfg, "trainable_layers")  # its upper bound depends on the backbone
+
+
+def _check_train(cfg: TrainConfig, where: str) -> None:
+    from limbscan.scenarios import parse_scenarios  # torch-free; its error lists the names
+
+    parse_scenarios(cfg.scenario)
+    _positive(where, cfg, "batch_size", "detector_batch_size")
+    _non_negative(
+        where, cfg, "epochs", "detector_epochs", "lr_backbone", "lr_heads", "weight_decay", "warmup_steps",
+        "workers", "grad_clip", "max_steps_per_epoch",
+    )  # fmt: skip
+    _range(f"{where}.momentum", cfg.momentum, 0 <= cfg.momentum <= 1, "in [0, 1]")
+
+
+def _check_search(cfg: SearchConfig, where: str) -> None:
+    _non_negative(where, cfg, "trials", "epochs")
+    for name in ("lr_backbone", "weight_decay"):  # sampled log-uniform
+        lo, hi = getattr(cfg, name)
+        _range(f"{where}.{name}", getattr(cfg, name), 0 < lo <= hi, "0 < low <= high")
+    for name in ("crop_margin", "augment_strength"):
+        lo, hi = getattr(cfg, name)
+        _range(f"{where}.{name}", getattr(cfg, name), 0 <= lo <= hi, "0 <= low <= high")
+    _range(f"{where}.image_size", cfg.image_size, all(s > 0 for s in cfg.image_size), "sizes > 0")
+
+
+def _check_cache(cfg: CacheConfig, where: str) -> None:
+    _positive(where, cfg, "longest_side")
+    _non_negative(where, cfg, "workers")
+
+
+_RULES: dict[type, Any] = {
+    AugmentConfig: _check_augment,
+    CacheConfig: _check_cache,
+    SplitConfig: _check_split,
+    ClassifierConfig: _check_classifier,
+    DetectorConfig: _check_detector,
+    TrainConfig: _check_train,
+    SearchConfig: _check_search,
+}
+
+
+def _home(cls: type, root: type | None = None, where: str = "") -> str:
+    """The dotted key a section class sits at in :class:`Config` (``AugmentConfig`` -> data.augment)."""
+    root = root or Config
+    for name, hint in typing.get_type_hints(root).items():
+        if dataclasses.is_dataclass(hint):
+            key = f"{where}.{name}" if where else name
+            found = key if hint is cls else _home(cls, hint, key)
+            if found:
+                return found
+    return ""
+
+
+def check_config(cfg: Any, where: str = "") -> Any:
+    """Check every value of a built Config, or of one section (``check_config(cfg.data.augment)``),
+    and return it; a LimbscanError names the first bad key in full (data.augment.p_flip), the value
+    and what is allowed. :func:`load_config` runs it; code that changes a Config in Python can too."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"check_config wants a config dataclass, got {cfg!r}")
+    if not where and type(cfg) is not Config:
+        where = _home(type(cfg))
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key = f"{where}.{f.name}" if where else f.name
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise LimbscanError(f"config: {key} must be a mapping, got {value!r}")
+            check_config(value, key)
+        else:
+            _leaf(hints[f.name], value, key)
+    rule = _RULES.get(type(cfg))
+    if rule is not None:
+        rule(cfg, where)
+    return cfg
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -199,7 +392,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise LimbscanError(f"config override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return _build(Config, tree, "")
+    return check_config(_build(Config, tree, ""))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -216,12 +409,12 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    return _build(Config, tree, "")
+    return check_config(_build(Config, tree, ""))
 
 
 def save_config(config: Config, path: str | Path) -> Path:
     """Write the resolved config beside a run, so the run can be repeated from it."""
-    from limbscan.data.dataset import write_text_atomic
+    from limbscan.utils.files import write_text_atomic
 
     path = Path(path)
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -20,13 +20,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from limbscan.data.torchdata import _fit, crop_window, letterbox
+from limbscan.data.torchdata import _fit
 from limbscan.errors import LimbscanError
 
 if TYPE_CHECKING:
-    from limbscan.inference import Model, Prediction
+    from limbscan.inference import Prediction, Predictor
 
-CLASSIFIER_SCENARIOS = ("whole-image", "cascade")
 PROBE_SIDE = 224  # large enough that every registered backbone's last map is wider than 1 pixel
 
 
@@ -84,38 +83,32 @@ def _resize(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def gradcam(model: Model, pixels: np.ndarray, prediction: Prediction) -> np.ndarray:
+def gradcam(model: Predictor, pixels: np.ndarray, prediction: Prediction) -> np.ndarray:
     """Grad-CAM for ``prediction`` (made by ``model`` on ``pixels``): float H x W in [0, 1], original pixels."""
+    from limbscan.scenarios import classifier_scenarios
+    from limbscan.scenarios.base import Finding, ImageInput
+
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 2:
         raise ValueError(f"expected a grey H x W image, got shape {pixels.shape}")
-    scenario = prediction.scenario
-    if scenario not in CLASSIFIER_SCENARIOS:
-        have = [s for s in model.scenarios if s in CLASSIFIER_SCENARIOS]
+    name = prediction.scenario
+    if name not in classifier_scenarios():
+        have = [s for s in model.scenarios if s in classifier_scenarios()]
         hint = f"; this bundle has {', '.join(have)}" if have else "; this bundle has none"
         raise LimbscanError(
-            f"Grad-CAM needs a classifier: scenario {scenario!r} has none (whole-image or cascade do{hint})"
+            f"Grad-CAM needs a classifier: scenario {name!r} has none "
+            f"({' or '.join(classifier_scenarios())} do{hint})"
         )
     height, width = pixels.shape
-    prep = model.manifest["preprocessing"]
-    classifier = model.classifier(scenario)
-    image = model.preprocess(pixels)  # 1 x h x w, as training saw it
-    h, w = image.shape[-2:]
-    if scenario == "whole-image":
-        size = int(prep["whole_image_size"])
-        cam = _cam(classifier, letterbox(image, size)[None])
-        return np.clip(_resize(_unletterbox(cam, h, w), height, width), 0.0, 1.0)
-
-    # cascade: the top crop, cut exactly as the cascade cut it (box scaled to the preprocessed image)
-    box = prediction.detections[0].box if prediction.detections else [0.0, 0.0, float(width), float(height)]
-    sx, sy = w / width, h / height
-    x0, y0, x1, y1 = crop_window(
-        [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], (h, w), float(prep["crop_margin"])
-    )
-    crop = letterbox(image[:, y0:y1, x0:x1], int(prep["crop_size"]))
-    cam = _unletterbox(_cam(classifier, crop[None]), y1 - y0, x1 - x0)
+    scenario = model.scenario(name)
+    image = ImageInput(model.preprocess(pixels), width, height)  # 1 x h x w, as training saw it
+    h, w = image.pixels.shape[-2:]
+    # The scenario's own input: the letterboxed image, or the top crop cut exactly as it was cut.
+    finding = Finding(prediction.probability, [d.box for d in prediction.detections])
+    x, (x0, y0, x1, y1) = scenario.explain_input(image, finding)
+    cam = _unletterbox(_cam(model.classifier(name), x[None]), y1 - y0, x1 - x0)
     # Pasted at the preprocessed scale, then the whole map resized once: the window's edges
-    # land where the crop's did, in the original pixels.
+    # land where the classifier's input did, in the original pixels; zero where it saw nothing.
     full = np.zeros((h, w), dtype=np.float32)
     full[y0:y1, x0:x1] = _resize(cam, y1 - y0, x1 - x0)
     return np.clip(_resize(full, height, width), 0.0, 1.0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from limbscan.data.dataset import atomic_file
+from limbscan.utils.files import atomic_file
 
 if TYPE_CHECKING:
     from limbscan.inference import Prediction

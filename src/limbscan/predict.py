@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch.distributed as dist
 
-from limbscan.data.dataset import write_json_atomic, write_text_atomic
 from limbscan.data.torchdata import shard
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.io import read_image, sniff_format
 from limbscan.overlay import render_overlay, save_png
-from limbscan.train.engine import DistInfo, init_distributed, shutdown_distributed
+from limbscan.scenarios import classifier_scenarios
+from limbscan.utils.distributed import DistInfo, init_distributed, shutdown_distributed
+from limbscan.utils.files import atomic_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from limbscan.inference import Model, Prediction
@@ -268,17 +269,9 @@ def _part_paths(out: Path, rank: int) -> tuple[Path, Path]:
 
 def _write_parts(out: Path, rank: int, fill) -> None:
     """Each part appears whole or not at all, so the merge never reads half a rank."""
-    final = _part_paths(out, rank)
-    tmps = [p.with_name(f".{p.name}.tmp") for p in final]
-    final[0].parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tmps[0].open("w") as records, tmps[1].open("w") as errors:
-            fill(records, errors)
-        for tmp, path in zip(tmps, final):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    records_path, errors_path = _part_paths(out, rank)
+    with atomic_file(records_path) as records, atomic_file(errors_path) as errors:
+        fill(records, errors)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -379,9 +372,9 @@ def _options(model: Model, scenario: str | None, batch_size: int, overlays: bool
         raise LimbscanError(f"--dicom-out {','.join(unknown)}: use {' and / or '.join(DICOM_KINDS)}")
     if gradcam and not overlays:
         raise LimbscanError("Grad-CAM is drawn on the overlays: drop --no-overlays or --gradcam")
-    if gradcam and name not in ("whole-image", "cascade"):
-        raise LimbscanError(f"Grad-CAM needs a classifier: scenario {name!r} has none (use --scenario cascade "
-                            "or whole-image where the bundle has them)")
+    if gradcam and name not in classifier_scenarios():
+        raise LimbscanError(f"Grad-CAM needs a classifier: scenario {name!r} has none (use --scenario "
+                            f"{' or '.join(classifier_scenarios())} where the bundle has them)")
     return _Options(name, int(batch_size), bool(overlays), bool(gradcam), kinds)
 
 

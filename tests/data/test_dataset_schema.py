@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from limbscan.data.dataset import Dataset, DatasetBuilder, check_box, write_json_atomic
+from limbscan.data.dataset import Dataset, DatasetBuilder, check_box
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.io.meta import ImageMeta
+from limbscan.utils.files import write_json_atomic
 
 
 def _meta(w=100, h=80):

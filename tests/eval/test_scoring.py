@@ -9,8 +9,8 @@ import pytest
 
 from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
-from limbscan.eval.scoring import score_run, trained_scenarios
-from limbscan.train.scenarios import auc_or_none
+from limbscan.scenarios.scoring import score_run, trained_scenarios
+from limbscan.scenarios.stage import auc_or_none
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +90,15 @@ def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_
         evaluate(out, root, "nonexistent", None, progress=False)
 
 
-def test_benchmark_trains_all_three_and_reports_their_cost(trained_run, tmp_path, tiny_config):
+def test_pipeline_trains_all_three_and_reports_their_cost(trained_run, tmp_path, tiny_config):
     import shutil
 
-    from limbscan.eval.benchmark import benchmark
+    from limbscan.eval.pipeline import run_pipeline
 
     root, out = trained_run
-    # A copy of the trained run: the benchmark resumes it, so only evaluation runs here.
+    # A copy of the trained run: the pipeline resumes it, so only evaluation runs here.
     shutil.copytree(out, tmp_path / "bench" / "run")
-    metrics = benchmark(root, tiny_config, tmp_path / "bench", n_boot=100, progress=False)
+    metrics = run_pipeline(root, tiny_config, tmp_path / "bench", n_boot=100, progress=False)
     stages = [t["stage"] for t in metrics["timing"]]
     assert stages == ["train whole-image", "train detector", "train cascade", "export bundle", "evaluate (test)", "total"]
     assert all(t["seconds"] >= 0 and t["peak_rss_mb"] > 0 for t in metrics["timing"])

@@ -15,19 +15,11 @@ from limbscan.data.dataset import Dataset
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
-from limbscan.models import cascade_score
-from limbscan.train import scenarios
+from limbscan.scenarios import cascade as cascade_module
+from limbscan.scenarios.cascade import cascade_score, context_box, jitter_box
+from limbscan.scenarios.stage import auc_or_none, train_loader
 from limbscan.train.engine import read_metrics
-from limbscan.train.scenarios import (
-    auc_or_none,
-    context_box,
-    jitter_box,
-    make_stage,
-    prepare,
-    scenario_names,
-    train,
-    train_loader,
-)
+from limbscan.train.runner import make_stage, prepare, scenario_names, train
 
 TINY = "mobilenetv3_small_050"
 
@@ -120,10 +112,11 @@ def test_cascade_resume_reuses_the_saved_proposals(trained, phantoms, monkeypatc
     proposals = out / "cascade" / "proposals.json"
     before = proposals.stat().st_mtime_ns
 
-    def no_detector(path):
+    def no_detector(*args, **kwargs):
         raise AssertionError("the detector ran again")
 
-    monkeypatch.setattr(scenarios, "load_detector", no_detector)
+    # the proposals' pass (scoring val_scores.json at the end still loads the detector, as evaluate does)
+    monkeypatch.setattr(cascade_module, "detector_proposals", no_detector)
     results = train(phantoms, _cfg(scenario="cascade", epochs=9), out, resume=True, progress=False)
     assert results["cascade"].epochs == 9 and len(results["cascade"].step_losses) == 2  # only epoch 9 ran
     assert proposals.stat().st_mtime_ns == before
@@ -133,7 +126,7 @@ def test_cascade_resume_reuses_the_saved_proposals(trained, phantoms, monkeypatc
 def test_cascade_options_context_crops_whole_image_start_and_geomean_score(trained, phantoms, tmp_path):
     import shutil
 
-    from limbscan.eval.scoring import score_run
+    from limbscan.scenarios.scoring import score_run
     from limbscan.train.checkpoint import load_checkpoint
 
     out, _ = trained
@@ -142,20 +135,20 @@ def test_cascade_options_context_crops_whole_image_start_and_geomean_score(train
     cfg = _cfg(scenario="cascade", epochs=1)
     cfg.classifier.context_crops, cfg.classifier.cascade_init, cfg.classifier.cascade_score = True, "whole-image", "geomean"
     seen: list[str] = []
-    original = scenarios.CascadeStage._draw
+    original = cascade_module.CascadeStage._draw
 
     def spy(self, image, box, how, rng):
         seen.append(how)
         return original(self, image, box, how, rng)
 
-    scenarios.CascadeStage._draw = spy
+    cascade_module.CascadeStage._draw = spy
     try:
         stage = make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
         start = load_checkpoint(out / "whole-image" / "best.pt")["model"]
         assert all(torch.equal(stage.model.state_dict()[k], v) for k, v in start.items())  # starts from whole-image
         train(phantoms, cfg, tmp_path, progress=False)
     finally:
-        scenarios.CascadeStage._draw = original
+        cascade_module.CascadeStage._draw = original
     assert {"jitter", "context", "fixed"} <= set(seen)
     assert seen.count("jitter") == seen.count("context")  # one widened box per lesion box
     assert load_checkpoint(tmp_path / "cascade" / "best.pt")["extra"]["cascade_score"] == "geomean"
@@ -176,7 +169,7 @@ def test_cascade_init_must_be_known_and_trained_first(trained, phantoms, tmp_pat
     with pytest.raises(LimbscanError, match="whole-image stage trained first"):
         make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
     cfg.classifier.cascade_init = "coco"
-    with pytest.raises(LimbscanError, match="'coco' is not imagenet or whole-image"):
+    with pytest.raises(LimbscanError, match="classifier.cascade_init 'coco' is not one of imagenet, whole-image"):
         make_stage("cascade", prepare(Dataset.load(phantoms), cfg), tmp_path)
     cfg.classifier.cascade_init, cfg.classifier.cascade_score = "imagenet", "max"
     with pytest.raises(LimbscanError, match="classifier.cascade_score 'max' is not one of crop, geomean"):
@@ -276,8 +269,8 @@ def test_undecodable_images_are_left_out_and_named(tmp_path, capsys):
     from limbscan.data.dataset import Dataset
     from limbscan.data.split import split_dataset
     from limbscan.data.synth import synthesize
-    from limbscan.train.engine import DistInfo
-    from limbscan.train.scenarios import cached_dataset
+    from limbscan.train.runner import cached_dataset
+    from limbscan.utils.distributed import DistInfo
 
     ds = synthesize(tmp_path / "ds", n=6, seed=3, progress=False)
     cfg = load_config(None, ["data.cache.longest_side=64", "data.cache.workers=1"])

@@ -45,9 +45,9 @@ def fake_train(monkeypatch):
         (out / "metrics.jsonl").write_text("{}\n")
         return {"whole-image": types.SimpleNamespace(best_auc=auc), "cascade": types.SimpleNamespace(best_auc=auc - 0.01)}
 
-    module = types.ModuleType("limbscan.train.scenarios")
+    module = types.ModuleType("limbscan.train.runner")
     module.train = train
-    monkeypatch.setitem(sys.modules, "limbscan.train.scenarios", module)
+    monkeypatch.setitem(sys.modules, "limbscan.train.runner", module)
     return calls
 
 
@@ -69,8 +69,8 @@ def test_ranks_by_validation_auc_and_resumes(tmp_path, fake_train):
 
 
 def test_no_auc_at_all_is_an_error(tmp_path, monkeypatch):
-    module = types.ModuleType("limbscan.train.scenarios")
+    module = types.ModuleType("limbscan.train.runner")
     module.train = lambda *a, **k: {}
-    monkeypatch.setitem(sys.modules, "limbscan.train.scenarios", module)
+    monkeypatch.setitem(sys.modules, "limbscan.train.runner", module)
     with pytest.raises(LimbscanError, match="validation AUC"):
         random_search(tmp_path, load_config(None, ["search.trials=2"]), tmp_path / "s", progress=False)

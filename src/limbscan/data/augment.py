@@ -9,40 +9,21 @@ label by ``v2.SanitizeBoundingBoxes``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from limbscan.config import AugmentConfig
-from limbscan.errors import LimbscanError
+from limbscan.config import AugmentConfig, check_config
 
 OPS = ("none", "flip", "rotate", "shift", "scale")
-# Config probabilities are typed by hand in YAML: 0.8 + 4 * 0.05 is not exactly 1 in floats.
-_SUM_TOLERANCE = 1e-6
 
 
 def _check(cfg: AugmentConfig) -> list[float]:
+    """The policy's probabilities, in ``OPS`` order, after the config's own value checks."""
+    check_config(cfg)
     probs = cfg.probabilities()
-    bad = {name: p for name, p in probs.items() if not (isinstance(p, (int, float)) and 0 <= p <= 1)}
-    if bad:
-        raise LimbscanError(f"config: data.augment probabilities must lie in [0, 1], got {bad}")
-    total = sum(probs.values())
-    if not math.isclose(total, 1.0, abs_tol=_SUM_TOLERANCE):
-        listed = ", ".join(f"p_{k}={v:g}" for k, v in probs.items())
-        raise LimbscanError(
-            f"config: data.augment probabilities must sum to 1 (exactly one op per sample), "
-            f"got {total:g} ({listed})"
-        )
-    if cfg.rotate_degrees < 0:
-        raise LimbscanError(f"config: data.augment.rotate_degrees must be >= 0, got {cfg.rotate_degrees}")
-    if not 0 <= cfg.shift_fraction <= 1:
-        raise LimbscanError(f"config: data.augment.shift_fraction must lie in [0, 1], got {cfg.shift_fraction}")
-    lo, hi = cfg.scale_range
-    if not 0 < lo <= hi:
-        raise LimbscanError(f"config: data.augment.scale_range must be 0 < low <= high, got {cfg.scale_range}")
     return [float(probs[name]) for name in OPS]
 
 

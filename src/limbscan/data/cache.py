@@ -15,9 +15,10 @@ Storage was chosen by measurement (1024-px images, 2-core machine): ``.npy`` rea
 precision (JPEG, 8-bit PNG, 8-bit DICOM) are stored as uint8, the rest as uint16, so the
 cache never keeps less precision than the file had, nor twice the bytes it needs.
 
-Every file is written to a temporary name and moved into place with ``os.replace``, so an
-interrupted build leaves whole entries or none; a rerun checks each entry's header against
-its size (cheaper than an fsync per file) and redoes only what is missing or broken.
+Every file is written with :func:`limbscan.utils.files.atomic_file` (a temporary name, then a
+rename), so an interrupted build leaves whole entries or none; entries skip its fsyncs: a rerun
+checks each entry's header against its size (cheaper than an fsync per file) and redoes only
+what is missing or broken.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from limbscan.data.dataset import Dataset, write_json_atomic
+from limbscan.data.dataset import Dataset
 from limbscan.errors import BadInputError, LimbscanError, Skipped
 from limbscan.io import read_image
+from limbscan.utils.files import TEMP_SUFFIX, atomic_file, write_json_atomic
 
 # Bump when the stored layout or what read_image returns changes: every entry's key changes.
 CACHE_VERSION = 1
@@ -53,7 +55,6 @@ INDEX_FLUSH_SECONDS = 60.0
 # Temporary files older than this belong to a build that died, not to one still running.
 STALE_TMP_SECONDS = 600.0
 _DIGEST_BYTES = 20
-_TMP_SUFFIX = ".tmp"
 
 
 @dataclass
@@ -156,23 +157,14 @@ def _entry_ok(path: Path) -> bool:
     return size == data_start + int(np.prod(shape)) * dtype.itemsize
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}")
-
-
 def _write_entry(path: Path, stored: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
     try:
-        with open(tmp, "wb") as fh:
+        # No fsync: a rerun checks each entry's header against its size instead (_entry_ok).
+        with atomic_file(path, "wb", fsync=False) as fh:
             np.save(fh, stored, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            # A full disk or a read-only folder fails every image alike: stop, do not skip.
-            raise LimbscanError(f"{path.parent.parent}: cannot write the cache ({err.strerror or err})") from err
-        raise
+    except OSError as err:
+        # A full disk or a read-only folder fails every image alike: stop, do not skip.
+        raise LimbscanError(f"{path.parent.parent}: cannot write the cache ({err.strerror or err})") from err
 
 
 def _read_entry(path: Path) -> np.ndarray | None:
@@ -208,7 +200,7 @@ def _sweep_tmp(root: Path, older_than: float = STALE_TMP_SECONDS) -> None:
         if not sub.is_dir():
             continue
         for item in os.scandir(sub.path):
-            if item.name.startswith(".") and item.name.endswith(_TMP_SUFFIX):
+            if item.name.startswith(".") and item.name.endswith(TEMP_SUFFIX):
                 try:
                     if now - item.stat().st_mtime > older_than:
                         os.unlink(item.path)

@@ -19,61 +19,24 @@ normal images is made by the models, not stored. ``patient_id`` is always a pseu
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from limbscan.errors import BadInputError, LimbscanError, Skipped
 from limbscan.io.meta import ImageMeta
+
+# Moved to limbscan.utils.files; kept importable from here for callers outside limbscan.
+from limbscan.utils.files import atomic_file, sha256_file, write_json_atomic, write_text_atomic  # noqa: F401
 
 DATASET_FILE = "dataset.json"
 LESION_CATEGORY = {"id": 1, "name": "lesion", "supercategory": "abnormal"}
 SPLITS = ("train", "val", "test")
 # Polygon and box coordinates from annotation tools often overshoot by a fraction of a pixel.
 BOX_TOLERANCE_PX = 1.0
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes, read in chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-@contextmanager
-def atomic_file(path: Path, mode: str = "w", permissions: int | None = 0o644) -> Iterator[IO]:
-    """A file handle whose content appears at ``path`` whole when the block ends, or not at all:
-    written beside it, fsynced, then renamed over it. ``permissions`` None keeps mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if permissions is not None:
-            os.fchmod(fd, permissions)  # mkstemp's 0600 would hide datasets and reports from a shared group
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text so that a reader sees the old file or the new one, never half of one."""
-    with atomic_file(path) as fh:
-        fh.write(text)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def check_box(bbox: Iterable[float], width: int, height: int, where: str) -> list[float]:

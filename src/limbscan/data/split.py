@@ -16,18 +16,15 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from limbscan.config import SplitConfig
+from limbscan.config import SplitConfig, check_config
 from limbscan.data.dataset import SPLITS, Dataset
 from limbscan.errors import LimbscanError
 
 
 def split_dataset(ds: Dataset, cfg: SplitConfig) -> Dataset:
     """Set every image's ``split`` (train/val/test) and return ``ds``; the caller saves it."""
+    check_config(cfg)  # fractions in [0, 1] summing to 1
     fractions = np.array([cfg.train, cfg.val, cfg.test], dtype=float)
-    if (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0, atol=1e-6):
-        raise LimbscanError(
-            f"split fractions train={cfg.train}, val={cfg.val}, test={cfg.test} must be >= 0 and sum to 1"
-        )
     if not ds.images:
         raise LimbscanError(f"{ds.root}: the dataset has no images to split")
 

@@ -27,8 +27,9 @@ from limbscan.eval.metrics import (
     delong_test,
     undefined_reason,
 )
-from limbscan.eval.scoring import Scored, score_run
-from limbscan.train.scenarios import VAL_SCORES_FILE, validation_scores
+from limbscan.rundir import RunDir
+from limbscan.scenarios import default_scenario, info
+from limbscan.scenarios.scoring import Scored, score_run, validation_scores
 
 # An image-level tag is reported per value when it takes few values (FracAtlas: 0 / 1 flags).
 MAX_TAG_VALUES = 5
@@ -36,7 +37,7 @@ GALLERY_PER_KIND = 4
 
 
 def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
-    path = run / VAL_SCORES_FILE
+    path = RunDir(run).val_scores
     if path.is_file():
         return json.loads(path.read_text())
     # A run trained before val_scores.json existed: score the validation split of this dataset.
@@ -134,14 +135,9 @@ SCORES_FILE = "scores.csv"
 
 def _models(run: Path, scenarios: list[str]) -> dict[str, str]:
     """Which backbone each scenario's network uses, from its own checkpoint's config."""
-    from limbscan.train.checkpoint import BEST, load_checkpoint
+    from limbscan.models.loading import load_checkpoint
 
-    used = {}
-    for name in scenarios:
-        cfg = load_checkpoint(run / name / BEST)["config"]
-        classifier, detector = cfg["classifier"]["backbone"], cfg["detector"]["backbone"]
-        used[name] = {"whole-image": classifier, "detector": detector}.get(name, f"{detector} + {classifier}")
-    return used
+    return {name: info(name).backbones(load_checkpoint(RunDir(run).best(name))["config"]) for name in scenarios}
 
 
 @dataclass
@@ -238,7 +234,7 @@ def measure(
             tag: _by_group(images, s, lambda im, tag=tag: (im.get("attributes") or {}).get(tag, "missing"))
             for tag in _tags(images)
         }
-        if name in ("detector", "cascade") and truths:
+        if s.boxes and truths:  # the scenarios that localise
             predictions = {i: {"boxes": b["boxes"], "scores": b["scores"]} for i, b in s.boxes.items()}
             entry["localisation"] = localisation_summary(predictions, truths, mode="iomin")
         metrics["scenarios"][name] = entry
@@ -247,7 +243,7 @@ def measure(
         boot = bootstrap_auc_diff(labels, scored[a].scores, scored[b].scores, groups=groups, n_boot=n_boot, seed=seed)
         metrics["comparisons"].append({"a": a, "b": b, "auc_diff": d["diff"], "delong_p": d["p"],
                                        "bootstrap_p": boot["p"]})
-    best = "cascade" if "cascade" in scored else next(iter(scored))
+    best = default_scenario(list(scored))  # the gallery shows the one predict uses by default
     items = _gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths) if gallery else None
     curves = {name: (s.labels, s.scores) for name, s in scored.items()}
     return Evaluation(metrics, curves, items, [int(im["id"]) for im in images])

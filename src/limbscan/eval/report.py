@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from limbscan.data.dataset import write_json_atomic, write_text_atomic
 from limbscan.eval import figures as fig
 from limbscan.io.meta import BODY_PARTS
+from limbscan.utils.files import write_json_atomic, write_text_atomic
 
 SYNTHETIC_BANNER = (
     "These figures come from SYNTHETIC phantoms, not radiographs: they show that the pipeline "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from limbscan.errors import BadInputError, Skipped
 from limbscan.io.bodypart import normalize_body_part
 from limbscan.io.dicom import dicom_body_part, pydicom_messages, read_dataset, truncation
 from limbscan.io.images import sniff_format
+from limbscan.utils.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +309,10 @@ def _read_dicom_dataset(src: Path) -> Dataset:
 
 def _save_atomic(ds: Dataset, dst: Path, src: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        with pydicom_messages():
-            ds.save_as(tmp)
-        os.replace(tmp, dst)
+        with pydicom_messages(), atomic_file(dst, "wb") as fh:
+            ds.save_as(fh)
     except Exception as err:  # noqa: BLE001 - e.g. a value pydicom cannot encode
-        tmp.unlink(missing_ok=True)
         raise BadInputError(src, f"cannot write the anonymised file ({type(err).__name__})") from None
 
 

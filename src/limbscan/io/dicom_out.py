@@ -51,10 +51,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from limbscan.data.dataset import atomic_file
 from limbscan.errors import BadInputError
 from limbscan.io.dicom import read_dataset, redact
 from limbscan.io.images import sniff_format
+from limbscan.utils.files import atomic_file
 
 KINDS = ("sc", "sr")
 MAX_REGIONS = 5

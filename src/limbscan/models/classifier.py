@@ -61,17 +61,3 @@ def _param_groups(parts: dict[str, tuple[nn.Module, float]], weight_decay: float
             if params:
                 groups.append({"name": name + suffix, "params": params, "lr": lr, "weight_decay": wd})
     return groups
-
-
-CASCADE_SCORES = ("crop", "geomean")
-
-
-def cascade_score(crop_probability: float, detector_score: float, rule: str = "crop") -> float:
-    """The cascade's image score from its best crop's probability and the detector's image score
-    (its best abnormal box): ``crop`` is the paper's (the crop alone), ``geomean`` the geometric
-    mean of the two (both stages must agree for a high score)."""
-    if rule == "crop":
-        return float(crop_probability)
-    if rule == "geomean":
-        return float(max(crop_probability, 0.0) * max(detector_score, 0.0)) ** 0.5
-    raise LimbscanError(f"cascade score rule {rule!r}: expected one of {', '.join(CASCADE_SCORES)}")

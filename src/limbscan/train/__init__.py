@@ -1,13 +1,14 @@
 """Training: one engine for every stage (:func:`fit`), and the scenarios built on it."""
 
 from limbscan.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from limbscan.train.engine import FitResult, Stage, fit, init_distributed, shutdown_distributed
+from limbscan.train.engine import FitResult, Stage, fit
+from limbscan.utils.distributed import init_distributed, shutdown_distributed
 
 
 def __getattr__(name: str):
     # The scenarios pull in the models (timm, torchvision detection): imported when first asked for.
     if name == "train":
-        from limbscan.train.scenarios import train
+        from limbscan.train.runner import train
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,19 +8,18 @@ tuples and dicts: NumPy's generator state is stored as a tensor for that reason.
 from __future__ import annotations
 
 import errno
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from limbscan.errors import BadInputError, LimbscanError
-
-FORMAT = 1  # bump when the payload's keys change meaning
-LAST, BEST = "last.pt", "best.pt"
+from limbscan.errors import LimbscanError
+from limbscan.models.loading import CHECKPOINT_FORMAT as FORMAT  # noqa: F401  (read in models/loading.py)
+from limbscan.models.loading import load_checkpoint  # noqa: F401
+from limbscan.rundir import BEST, LAST  # noqa: F401  (named in limbscan.rundir; imported from here too)
+from limbscan.utils.files import atomic_file, temp_glob
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -29,58 +28,24 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     A run killed mid-write (SIGKILL, power cut) leaves a stray temp file, never a torn ``last.pt``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # permissions None: checkpoints keep mkstemp's 0600, as they always have.
+        with atomic_file(path, "wb", permissions=None) as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise LimbscanError(
                 f"{path}: disk full while writing the checkpoint; the previous {path.name} is intact. "
                 "Free some space and rerun with --resume."
             ) from err
         raise
-    _fsync_dir(path.parent)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename lives in the directory entry; without this a power cut can undo it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def sweep_temp_files(folder: str | Path) -> None:
     """Remove temp files left by a save that was killed part-way."""
-    for stray in Path(folder).glob(".*.pt.*.tmp"):
+    for stray in Path(folder).glob(temp_glob("*.pt")):
         stray.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear error when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise BadInputError(path, f"not a readable checkpoint ({type(err).__name__})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
-        raise BadInputError(path, f"not a limbscan checkpoint (format {FORMAT} expected)")
-    return payload
 
 
 def seed_everything(seed: int) -> None:

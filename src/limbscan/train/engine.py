@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,13 +41,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from limbscan.config import Config, config_to_dict
-from limbscan.data.dataset import write_text_atomic
+from limbscan.config import Config, Schedule, config_to_dict
 from limbscan.errors import LimbscanError
+from limbscan.rundir import BEST, LAST, RunDir
 from limbscan.train.checkpoint import (
-    BEST,
     FORMAT,
-    LAST,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -54,11 +53,18 @@ from limbscan.train.checkpoint import (
     set_rng_state,
     sweep_temp_files,
 )
+from limbscan.utils.distributed import (  # noqa: F401  (DistInfo & co. are still importable from here)
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from limbscan.utils.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # the config's choices
 # The "step" schedule: x0.1 at these shares of the post-warm-up steps (torchvision's 26-epoch
 # detection recipe drops at epochs 16 and 22, about 2/3 and 8/9 of the way).
 STEP_MILESTONES = (2 / 3, 8 / 9)
@@ -109,49 +115,6 @@ class FitResult:
     @property
     def best_path(self) -> Path:
         return self.folder / BEST
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); otherwise one process.
-
-    Idempotent, so several :func:`fit` calls in one run share the group; :func:`shutdown_distributed`
-    ends it.
-    """
-    cuda = torch.cuda.is_available()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(0, 1, 0, torch.device("cuda" if cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
-
-
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        # Leave together: a rank that tears gloo down while another still talks to it can
-        # abort the other ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 MAX_WARMUP_SHARE = 5  # warm-up takes at most a fifth of a stage's steps
@@ -209,7 +172,8 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
     """
     info = init_distributed()
     out = Path(out)
-    folder = out / stage.name
+    run = RunDir(out)
+    folder = run.stage(stage.name)
     on_cuda = info.device.type == "cuda"
     amp = bool(cfg.train.amp) and on_cuda
     channels_last = bool(cfg.train.channels_last) and on_cuda
@@ -226,7 +190,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp)
 
     start_epoch, best_auc, best_epoch, history = 0, None, None, []
-    last_path = folder / LAST
+    last_path = run.last(stage.name)
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, map_location=info.device)
         if ckpt.get("stage") != stage.name:
@@ -252,9 +216,9 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
     if info.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(folder)
-        _rewrite_metrics(out / METRICS_FILE, stage.name, history)
+        _rewrite_metrics(run.metrics, stage.name, history)
     writer = _tensorboard(cfg, out, stage.name, info, purge_step=start_epoch * steps_per_epoch)
-    _barrier(info)
+    barrier(info)
 
     train_model: nn.Module = model
     if info.distributed:
@@ -301,7 +265,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
                 improved = best_epoch is None or (auc is not None and (best_auc is None or auc > best_auc))
                 if improved:
                     best_auc, best_epoch = auc, epoch + 1
-                rngs = _gather(rng_state(), info)
+                rngs = all_gather_objects(rng_state(), info)
                 if info.is_main:
                     payload = {
                         "format": FORMAT,
@@ -322,8 +286,8 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
                     }
                     save_checkpoint(payload, last_path)
                     if improved:
-                        save_checkpoint(payload, folder / BEST)
-                    _append_metrics(out / METRICS_FILE, record)
+                        save_checkpoint(payload, run.best(stage.name))
+                    _append_metrics(run.metrics, record)
                     if writer is not None:
                         for key, value in record.items():
                             if isinstance(value, int | float) and key not in ("epoch",):
@@ -336,7 +300,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
                             f"val AUC {shown}, {record['seconds']:.1f} s" + ("  (best)" if improved else ""),
                             highlight=False,
                         )
-                _barrier(info)
+                barrier(info)
     finally:
         if writer is not None:
             writer.close()
@@ -458,19 +422,6 @@ def _steps_per_epoch(stage: Stage, cfg: Config, info: DistInfo) -> int:
     if steps <= 0:
         raise LimbscanError(f"{stage.name}: the training split gives no batches (is the dataset split?)")
     return steps
-
-
-def _gather(obj: Any, info: DistInfo) -> list[Any]:
-    if not info.distributed:
-        return [obj]
-    box: list[Any] = [None] * info.world_size
-    dist.all_gather_object(box, obj)
-    return box
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from limbscan.config import Config
-from limbscan.data.dataset import Dataset, write_text_atomic
+from limbscan.config import Config, config_to_dict
+from limbscan.data.dataset import Dataset
 from limbscan.data.stats import stats_markdown, stats_table
+from limbscan.rundir import RunDir
+from limbscan.scenarios import info, names
 from limbscan.train.engine import read_metrics
+from limbscan.utils.files import write_text_atomic
 
-REPORT_FILE = "report.md"
 SYNTHETIC_BANNER = (
     "> **Trained and validated on SYNTHETIC phantoms, not radiographs.** "
     "These figures show the pipeline runs; they say nothing about real images."
@@ -27,14 +29,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
-    out = Path(out)
-    scenarios = json.loads((out / "train.json").read_text())["scenarios"]
-    history = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
-    model = {
-        "whole-image": f"{cfg.classifier.backbone} @ {cfg.classifier.image_size} px",
-        "detector": f"Mask R-CNN, {cfg.detector.backbone}-FPN @ {cfg.detector.min_size}-{cfg.detector.max_size} px",
-        "cascade": f"{cfg.classifier.backbone} on {cfg.classifier.crop_size} px crops (top {cfg.classifier.top_k})",
-    }
+    run = RunDir(out)
+    scenarios = json.loads(run.summary.read_text())["scenarios"]
+    history = read_metrics(run.metrics) if run.metrics.is_file() else []
+    tree = config_to_dict(cfg)
+    model = {name: info(name).describe(tree) for name in names()}
     lines = ["# limbscan training run", ""]
     if ds.synthetic:  # said first, before any number
         lines += [SYNTHETIC_BANNER, ""]
@@ -67,6 +66,6 @@ def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
 
 
 def write_training_report(out: Path, ds: Dataset, cfg: Config) -> Path:
-    path = Path(out) / REPORT_FILE
+    path = RunDir(out).report
     write_text_atomic(path, training_markdown(out, ds, cfg))
     return path

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from limbscan.config import Config, save_config
-from limbscan.data.dataset import write_json_atomic, write_text_atomic
 from limbscan.errors import LimbscanError
+from limbscan.rundir import RunDir
+from limbscan.utils.files import write_json_atomic, write_text_atomic
 
 RESULT_FILE = "result.json"
 
@@ -60,15 +61,18 @@ def sample_trial(base: Config, rng: np.random.Generator) -> tuple[Config, dict[s
 
 
 def ranking_scenario(cfg: Config) -> str:
-    """The scenario a search ranks by: the one trained, or the paper's best when all are."""
-    return "cascade" if cfg.train.scenario == "all" else cfg.train.scenario
+    """The scenario a search ranks by: the one a bundle of the trained scenarios would use by default
+    (the paper's best, the cascade, when all are trained)."""
+    from limbscan.scenarios import default_scenario, parse_scenarios
+
+    return default_scenario(parse_scenarios(cfg.train.scenario))
 
 
 def random_search(
     dataset: Path, base: Config, out: Path, trials: int | None = None, seed: int | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Run the trials, write ``search.csv``, ``search.json`` and ``best.yaml``; return the ranked rows."""
-    from limbscan.train.scenarios import train  # the heavy imports only when a search runs
+    from limbscan.train.runner import train  # the heavy imports only when a search runs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,12 +83,14 @@ def random_search(
     for i in range(trials):
         cfg, sampled = sample_trial(base, rng)  # drawn even when skipped, so trial i is always the same
         trial_dir = out / f"trial_{i:02d}"
+        trial = RunDir(trial_dir)
         done = trial_dir / RESULT_FILE
         if done.is_file():
             row = json.loads(done.read_text())
         else:
-            save_config(cfg, trial_dir / "config.yaml")
-            results = train(dataset, cfg, trial_dir, resume=(trial_dir / "metrics.jsonl").is_file(), progress=progress)
+            # A trial's config is drawn again, identically, on a rerun: it is saved, never read back.
+            save_config(cfg, trial.config)
+            results = train(dataset, cfg, trial_dir, resume=trial.metrics.is_file(), progress=progress)
             val_auc = getattr(results.get(scenario), "best_auc", None)
             row = {"trial": i, "dir": trial_dir.name, "val_auc": val_auc, **sampled}
             write_json_atomic(done, row)
@@ -93,7 +99,7 @@ def random_search(
     if ranked[0]["val_auc"] is None:
         raise LimbscanError(f"{out}: no trial gave a validation AUC (does the val split hold both classes?)")
     _write_tables(out, ranked, scenario)
-    write_text_atomic(out / "best.yaml", (out / ranked[0]["dir"] / "config.yaml").read_text())
+    write_text_atomic(out / "best.yaml", RunDir(out / ranked[0]["dir"]).config.read_text())
     return ranked
 
 

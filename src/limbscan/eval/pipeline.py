@@ -1,5 +1,7 @@
-"""``limbscan benchmark``: the three scenarios trained on one split, thresholds picked on validation,
-evaluated once on test, compared in one report, with each stage's wall time and peak memory.
+"""The train -> export -> evaluate pipeline behind ``limbscan benchmark`` (``make bench``): every
+scenario trained on one split, thresholds picked on validation, evaluated once on test, compared
+in one report, with each stage's wall time and peak memory. (``benchmarks/`` measures speed; this
+measures the models.)
 
 Writes ``OUT/run/`` (the trained run), ``OUT/model.limbscan`` (its bundle, for ``predict`` and
 ``serve``; the report scores this bundle, so it is exactly what ships) and ``OUT/report/``
@@ -17,7 +19,8 @@ from typing import Any
 
 from limbscan.config import Config, save_config
 from limbscan.eval.evaluate import measure
-from limbscan.train.scenarios import SCENARIOS
+from limbscan.rundir import RunDir
+from limbscan.scenarios import names
 
 TIMING_NOTE = (
     "Wall time of each stage as run here; a stage resumed from an earlier call counts only the time "
@@ -34,26 +37,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def benchmark(
+def run_pipeline(
     dataset: str | Path, cfg: Config, out: str | Path, n_boot: int = 2000, progress: bool = True
 ) -> dict[str, Any]:
     from limbscan.bundle import export_bundle
-    from limbscan.train.scenarios import train
+    from limbscan.train.runner import train
 
     out = Path(out)
-    run = out / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    run = RunDir(out / "run")
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config)
     timing = []
     started = time.perf_counter()
-    for name in SCENARIOS:  # the cascade needs the detector: this order trains it first
+    for name in names():  # registry order: a scenario after those it needs (the cascade after the detector)
         stage_cfg = copy.deepcopy(cfg)
         stage_cfg.train.scenario = name
         t0 = time.perf_counter()
-        train(dataset, stage_cfg, run, resume=True, progress=progress)
+        train(dataset, stage_cfg, run.root, resume=True, progress=progress)
         timing.append({"stage": f"train {name}", "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()})
     t0 = time.perf_counter()
-    bundle = export_bundle(run, out / BUNDLE_NAME, overwrite=True)
+    bundle = export_bundle(run.root, out / BUNDLE_NAME, overwrite=True)
     timing.append({"stage": "export bundle", "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()})
     t0 = time.perf_counter()
     result = measure(bundle, dataset, "test", n_boot=n_boot, progress=progress)

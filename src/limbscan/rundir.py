@@ -1,0 +1,109 @@
+"""The files of a run folder (``limbscan train -o RUN``) and of a bundle, named in one place.
+
+A run folder::
+
+    config.yaml              the resolved config the run was started with
+    train.json               what was trained: epochs, best epoch and validation AUC per scenario
+    val_scores.json          every trained scenario's validation scores (thresholds are chosen on them)
+    metrics.jsonl            one JSON line per epoch and stage
+    report.md                the training report
+    <scenario>/last.pt       the last epoch's checkpoint (resume)
+    <scenario>/best.pt       the best validation epoch's checkpoint (evaluate, export)
+    <scenario>/<file>        a scenario's own files (the cascade's proposals.json)
+
+A bundle (``limbscan export``) has the same layout with ``bundle.json`` beside it and only the
+``best.pt`` checkpoints, so everything that scores a run scores a bundle. Torch-free: the CLI
+and the bundle read it without importing a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from limbscan.config import Config
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "train.json"
+VAL_SCORES_FILE = "val_scores.json"
+METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.md"
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run (or bundle) folder; each property is one of its files, whether or not it exists yet."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def val_scores(self) -> Path:
+        return self.root / VAL_SCORES_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+    def stage(self, scenario: str) -> Path:
+        """The scenario's folder: its checkpoints and own files."""
+        return self.root / scenario
+
+    def best(self, scenario: str) -> Path:
+        return self.stage(scenario) / BEST
+
+    def last(self, scenario: str) -> Path:
+        return self.stage(scenario) / LAST
+
+    def stage_file(self, scenario: str, name: str) -> Path:
+        return self.stage(scenario) / name
+
+    def trained(self) -> list[str]:
+        """The scenarios with a best checkpoint here, in registry (training) order."""
+        from limbscan.scenarios import names
+
+        return [name for name in names() if self.best(name).is_file()]
+
+    def config_for(self, path: str | Path | None, overrides: list[str] | None, resume: bool) -> Config:
+        """The config a training call into this folder runs with: the library's rule, whatever the caller.
+
+        ``path`` (a YAML file) and ``overrides`` as given; but a resumed run given no file goes
+        on with the settings it started with (this folder's ``config.yaml``), so ``--resume``
+        alone ends on the weights an unkilled run would have."""
+        from limbscan.config import load_config
+
+        if resume and path is None and self.config.is_file():
+            path = self.config
+        return load_config(path, overrides)
+
+
+__all__ = [
+    "BEST",
+    "CONFIG_FILE",
+    "LAST",
+    "METRICS_FILE",
+    "REPORT_FILE",
+    "SUMMARY_FILE",
+    "VAL_SCORES_FILE",
+    "RunDir",
+]
