@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 
 from limbscan.errors import LimbscanError, Skipped
+from limbscan.scenarios import names as scenario_names
+
+SCENARIO_CHOICES = " | ".join(scenario_names())  # the registered scenarios, for --help
 
 console = Console()
 err_console = Console(stderr=True)
@@ -255,7 +258,7 @@ def train_cmd(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     scenario: Annotated[
-        Optional[str], typer.Option(help="whole-image | detector | cascade | all (default: the config's).")
+        Optional[str], typer.Option(help=f"{SCENARIO_CHOICES} | all, or a comma list (default: the config's).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN's last checkpoints.")] = False,
     quiet: Quiet = False,
@@ -403,7 +406,7 @@ def predict_cmd(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: predictions.jsonl, worklist.csv, overlays/.")],
     scenario: Annotated[
-        Optional[str], typer.Option(help="whole-image | detector | cascade (default: the bundle's).")
+        Optional[str], typer.Option(help=f"{SCENARIO_CHOICES} (default: the bundle's).")
     ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per forward pass (1 is fastest on a CPU; raise it on a GPU).")

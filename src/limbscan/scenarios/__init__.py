@@ -53,20 +53,20 @@ def register(info: ScenarioInfo) -> ScenarioInfo:
 
 
 register(ScenarioInfo(
-    "whole-image", "limbscan.scenarios.whole_image", "WholeImage", classifier=True,
+    "whole-image", "limbscan.scenarios.whole_image", "WholeImageScenario", classifier=True,
     summary="baseline: a CNN on the whole image",
     describe=lambda c: f"{c['classifier']['backbone']} @ {c['classifier']['image_size']} px",
     backbones=lambda c: c["classifier"]["backbone"],
 ))
 register(ScenarioInfo(
-    "detector", "limbscan.scenarios.detector", "Detector",
+    "detector", "limbscan.scenarios.detector", "DetectorScenario",
     summary="paper's scenario 1: Mask R-CNN alone, image score = best abnormal box",
     describe=lambda c: (f"Mask R-CNN, {c['detector']['backbone']}-FPN @ "
                         f"{c['detector']['min_size']}-{c['detector']['max_size']} px"),
     backbones=lambda c: c["detector"]["backbone"],
 ))
 register(ScenarioInfo(
-    "cascade", "limbscan.scenarios.cascade", "Cascade", needs=("detector",), classifier=True,
+    "cascade", "limbscan.scenarios.cascade", "CascadeScenario", needs=("detector",), classifier=True,
     summary="paper's scenario 2: Mask R-CNN proposes the box, a CNN classifies its crop",
     describe=lambda c: (f"{c['classifier']['backbone']} on {c['classifier']['crop_size']} px crops "
                         f"(top {c['classifier']['top_k']})"),

@@ -54,7 +54,7 @@ def cascade_score(crop_probability: float, detector_score: float, rule: str = "c
     raise LimbscanError(f"cascade score rule {rule!r}: expected one of {', '.join(CASCADE_SCORES)}")
 
 
-class Cascade(Scenario):
+class CascadeScenario(Scenario):
     name = "cascade"
 
     def __init__(self, detector: nn.Module | None, classifier: nn.Module, input_size: int, margin: float,
@@ -68,7 +68,7 @@ class Cascade(Scenario):
         self.cache_side = int(cache_side)
 
     @classmethod
-    def load(cls, store: ModelStore) -> Cascade:
+    def load(cls, store: ModelStore) -> CascadeScenario:
         model, extra = store.classifier(cls.name)
         return cls(store.detector(), model, int(extra["input_size"]), float(extra["crop_margin"]),
                    int(extra["top_k"]), rule_of(extra), int(extra["cache_side"]), store.classify(cls.name))
@@ -180,7 +180,7 @@ def detector_proposals(
 class CascadeStage(ClassifierStage):
     """The crop classifier, trained on lesion boxes and the detector's proposals on normal images."""
 
-    name = Cascade.name
+    name = CascadeScenario.name
 
     def __init__(self, run: RunData, out: str | Path | RunDir, resume: bool = False, progress: bool = False):
         super().__init__(run, run.cfg.classifier.crop_size)
@@ -289,10 +289,10 @@ class CascadeStage(ClassifierStage):
         return box
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
-        """The validation split scored by :meth:`Cascade.score_proposals` on the saved proposals:
+        """The validation split scored by :meth:`CascadeScenario.score_proposals` on the saved proposals:
         the boxes and detector scores the detector pass gives these images, so the same numbers
         ``evaluate`` computes with this checkpoint."""
-        scenario = Cascade(None, model, self.size, self.margin, self.k, self.rule, self.run.cache_side)
+        scenario = CascadeScenario(None, model, self.size, self.margin, self.k, self.rule, self.run.cache_side)
         images = self.run.val_images
         findings = []
         with torch.inference_mode():

@@ -14,7 +14,7 @@ from limbscan.scenarios.base import Batch, Finding, ModelStore, Scenario
 from limbscan.scenarios.stage import RunData, paper_augment, train_loader, validate_scenario
 
 
-class Detector(Scenario):
+class DetectorScenario(Scenario):
     name = "detector"
 
     def __init__(self, detector: nn.Module, cache_side: int):
@@ -22,7 +22,7 @@ class Detector(Scenario):
         self.cache_side = int(cache_side)
 
     @classmethod
-    def load(cls, store: ModelStore) -> Detector:
+    def load(cls, store: ModelStore) -> DetectorScenario:
         from limbscan.models.loading import cache_side
 
         return cls(store.detector(), cache_side(store.checkpoint(cls.name)))
@@ -41,7 +41,7 @@ class Detector(Scenario):
 class DetectorStage:
     """Mask R-CNN trained on the paper's labels: normal images boxed whole, lesions boxed."""
 
-    name = Detector.name
+    name = DetectorScenario.name
     find_unused_parameters = False
 
     def __init__(self, run: RunData):
@@ -77,4 +77,4 @@ class DetectorStage:
         return loss, {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
-        return validate_scenario(Detector(model, self.run.cache_side), self.run)
+        return validate_scenario(DetectorScenario(model, self.run.cache_side), self.run)

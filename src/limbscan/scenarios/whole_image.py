@@ -14,7 +14,7 @@ from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelS
 from limbscan.scenarios.stage import ClassifierStage, RunData, train_loader, validate_scenario
 
 
-class WholeImage(Scenario):
+class WholeImageScenario(Scenario):
     name = "whole-image"
 
     def __init__(self, classifier: nn.Module, input_size: int, cache_side: int, classify: Classify | None = None):
@@ -24,7 +24,7 @@ class WholeImage(Scenario):
         self.cache_side = int(cache_side)
 
     @classmethod
-    def load(cls, store: ModelStore) -> WholeImage:
+    def load(cls, store: ModelStore) -> WholeImageScenario:
         model, extra = store.classifier(cls.name)
         return cls(model, int(extra["input_size"]), int(extra["cache_side"]), store.classify(cls.name))
 
@@ -51,7 +51,7 @@ class WholeImage(Scenario):
 class WholeImageStage(ClassifierStage):
     """The whole image, augmented, letterboxed; one logit."""
 
-    name = WholeImage.name
+    name = WholeImageScenario.name
 
     def __init__(self, run: RunData):
         super().__init__(run, run.cfg.classifier.image_size)
@@ -65,5 +65,5 @@ class WholeImageStage(ClassifierStage):
                             t.batch_size, t.balance)
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
-        scenario = WholeImage(model, self.cfg.classifier.image_size, self.run.cache_side)
+        scenario = WholeImageScenario(model, self.cfg.classifier.image_size, self.run.cache_side)
         return validate_scenario(scenario, self.run)
