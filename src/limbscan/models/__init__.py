@@ -19,7 +19,6 @@ _LAZY = {
     "Detector": "detector",
     "build_detector": "detector",
     "describe_detections": "detector",
-    "detect_images": "detector",
     "run_detector": "detector",
     "load_checkpoint": "loading",
     "load_classifier": "loading",

@@ -42,7 +42,6 @@ __all__ = [
     "DetectorPass",
     "build_detector",
     "describe_detections",
-    "detect_images",
     "run_detector",
     "detector_param_groups",
     "image_scores",
@@ -176,11 +175,9 @@ class Detections:
     boxes: list[list[float]]  # ABNORMAL boxes, best first
     box_scores: list[float]
     top: list[list[float]]  # the cascade's top-k boxes (see top_boxes), rounded to 0.01 px
-    source: tuple[DetectorPass, int] | None = None  # the pass and index it came from, for masks
 
 
-def describe_detections(output: dict, width: int, height: int, pixels_hw: tuple[int, int], k: int,
-                        source: tuple[DetectorPass, int] | None = None) -> Detections:
+def describe_detections(output: dict, width: int, height: int, pixels_hw: tuple[int, int], k: int) -> Detections:
     """An image's raw detector ``output`` (boxes in the ``pixels_hw`` input's pixels) in ORIGINAL
     pixels. ``top`` is rounded to 0.01 px so it survives a JSON round trip unchanged."""
     out = {key: value.detach().float().cpu() for key, value in output.items() if key != "masks"}
@@ -193,7 +190,6 @@ def describe_detections(output: dict, width: int, height: int, pixels_hw: tuple[
         boxes=(out["boxes"][abnormal][order] * scale).tolist(),
         box_scores=out["scores"][abnormal][order].tolist(),
         top=[[round(float(v), 2) for v in box] for box in top_boxes(out, k) * scale],
-        source=source,
     )
 
 
@@ -223,23 +219,6 @@ def run_detector(
         for j, (i, out) in enumerate(zip(chunk, run.outputs, strict=True)):
             found[i] = (out, run, j)
     return found
-
-
-def detect_images(
-    detector: Detector,
-    pixels: Sequence[Tensor],
-    sizes: Sequence[tuple[int, int]],
-    top_k: int = 1,
-    batch_size: int = 1,
-    progress: Callable[[list], list] | None = None,
-) -> list[Detections]:
-    """Every image's :class:`Detections` through :func:`run_detector` (``sizes``: ORIGINAL
-    (width, height) of each image)."""
-    return [
-        describe_detections(out, width, height, tuple(p.shape[-2:]), top_k)
-        for (out, _, _), p, (width, height) in zip(run_detector(detector, pixels, batch_size, progress), pixels,
-                                                   sizes, strict=True)
-    ]
 
 
 def build_detector(cfg: DetectorConfig, pixel_mean: float, pixel_std: float) -> Detector:

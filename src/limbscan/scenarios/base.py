@@ -95,8 +95,8 @@ class Batch:
         from limbscan.models.detector import describe_detections
 
         return [
-            describe_detections(out, im.width, im.height, tuple(im.pixels.shape[-2:]), top_k, (run, j))
-            for im, (out, run, j) in zip(self.images, self.detector_outputs(detector), strict=True)
+            describe_detections(out, im.width, im.height, tuple(im.pixels.shape[-2:]), top_k)
+            for im, (out, _, _) in zip(self.images, self.detector_outputs(detector), strict=True)
         ]
 
     def masks(self, detector: Detector, index: int, boxes: Sequence[Sequence[float]]) -> list[np.ndarray | None]:
