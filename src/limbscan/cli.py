@@ -94,12 +94,23 @@ def import_fracatlas_cmd(
     root: Annotated[Path, typer.Argument(help="FracAtlas root (holds dataset.csv, images/, Annotations/).")],
     out: OutDir,
     skip_truncated: Annotated[bool, typer.Option(help="Skip truncated JPEGs instead of keeping what decodes.")] = False,
+    parts: Annotated[Optional[str], typer.Option(
+        help="Keep only these body parts, a comma list of leg, hip, hand, shoulder, mixed, unknown "
+             "(leg,hip: the main lower-limb dataset).")] = None,
+    exclude_parts: Annotated[Optional[str], typer.Option(
+        help="Keep all but these body parts (leg,hip: the rest, as auxiliary training data).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Import FracAtlas as laid out by its authors: label from the folder, tags from dataset.csv, lesions from COCO."""
     from limbscan.data.importers import import_fracatlas
 
-    _finish_import(import_fracatlas(root, out, progress=not quiet, skip_truncated=skip_truncated), out)
+    result = import_fracatlas(root, out, progress=not quiet, skip_truncated=skip_truncated,
+                              parts=_comma_list(parts), exclude_parts=_comma_list(exclude_parts))
+    _finish_import(result, out)
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return None if value is None else [item.strip() for item in value.split(",")]
 
 
 @import_app.command("folder")
