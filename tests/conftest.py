@@ -58,6 +58,12 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
+def tiny_config_factory():
+    """:func:`make_tiny_config` itself, for module-scoped fixtures (test modules cannot import conftest)."""
+    return make_tiny_config
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset folder, run folder): 30 split phantoms and all three scenarios trained on them,
     once per test process. Treat both as read-only; copy them to change anything."""
