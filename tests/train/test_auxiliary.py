@@ -144,6 +144,24 @@ def test_a_run_with_auxiliary_data_trains_every_stage_and_says_what_it_trained_o
 
 
 @pytest.mark.slow
+def test_detector_and_cascade_stages_draw_auxiliary_items(aux_run, main_ds, aux_ds, cfg_with):
+    out, _ = aux_run
+    main, aux = Dataset.load(main_ds), Dataset.load(aux_ds)
+    run = prepare(main, cfg_with(aux_ds, share=0.4))
+    n_main = len(main.split_images("train"))
+    assert make_stage("detector", run, out).train_set.sizes == [n_main, len(aux.images)]
+    cascade = make_stage("cascade", run, out, resume=True)  # the saved proposals, no detector pass
+    saved = json.loads((out / "cascade" / "proposals.json").read_text())["auxiliary"][0]["train"]
+    lesions = sum(len(aux.annotations_for(im["id"])) for im in aux.images if im["label"])
+    boxes = sum(len(saved[str(im["id"])]) or 1 for im in aux.images if not im["label"])
+    loader = cascade.train_loader(0, 0, 1)
+    assert loader.dataset.sizes[1] == lesions + boxes  # a crop per lesion and per proposal
+    assert loader.dataset.datasets[1].ds.root == aux.root
+    drawn = list(loader.sampler)
+    assert sum(i >= loader.dataset.sizes[0] for i in drawn) / len(drawn) == pytest.approx(0.4, abs=1 / len(drawn))
+
+
+@pytest.mark.slow
 def test_bundle_and_evaluation_name_every_dataset_and_refuse_the_auxiliary_one(aux_run, main_ds, aux_ds, tmp_path):
     from limbscan.bundle import export_bundle, read_manifest
     from limbscan.eval.evaluate import measure
@@ -157,3 +175,23 @@ def test_bundle_and_evaluation_name_every_dataset_and_refuse_the_auxiliary_one(a
     assert [d["role"] for d in metrics["training_data"]] == ["main", "auxiliary"]
     with pytest.raises(LimbscanError, match="auxiliary training data of this run"):
         measure(out, aux_ds, "all", n_boot=10, gallery=False, progress=False)
+
+
+def test_train_cli_takes_aux_folders_beside_overrides(main_ds, aux_ds, cfg_with, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from limbscan.cli import app
+    from limbscan.config import save_config
+
+    config = save_config(cfg_with(), tmp_path / "tiny.yaml")
+    monkeypatch.chdir(aux_ds.parent)
+    args = ["train", str(main_ds), "-c", str(config), "-o", str(tmp_path / "run"), "--scenario", "whole-image",
+            "-q", "--aux", aux_ds.name, "train.epochs=1", "data.auxiliary_share=0.3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(tmp_path / "run" / "config.yaml")
+    assert cfg.data.auxiliary == (str(aux_ds.resolve()),) and cfg.data.auxiliary_share == 0.3
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert [d["role"] for d in summary["training_data"]] == ["main", "auxiliary"]
+    result = CliRunner().invoke(app, [*args[:-4], "--aux", "missing"])
+    assert isinstance(result.exception, LimbscanError) and "missing: no such dataset folder" in str(result.exception)
