@@ -274,7 +274,8 @@ def _data_provenance(val: dict[str, Any]) -> dict[str, Any]:
 
 
 def _now(entry: dict[str, Any], dataset_file: str) -> dict[str, Any]:
-    """A training-data entry with ``now``: its dataset.json ``unchanged`` since training, ``changed``, or ``missing``."""
+    """A training-data entry with ``now``: its dataset.json ``unchanged`` since training, ``changed``
+    or ``missing``."""
     path = Path(entry.get("path") or "") / dataset_file
     if not path.is_file():
         now = "missing"

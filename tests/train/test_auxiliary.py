@@ -60,7 +60,8 @@ def test_auxiliary_images_fill_their_share_of_each_epoch(main_ds, aux_ds, share,
     # every auxiliary image, whatever split it carries; pixel statistics still the main split's
     assert [len(s.images) for s in run.train_sources] == [n_main, n_aux]
     assert {im.get("split") for im in run.auxiliary[0].images} > {"train"}
-    assert (run.pixel_mean, run.pixel_std) == (prepare(main, cfg_with()).pixel_mean, prepare(main, cfg_with()).pixel_std)
+    alone = prepare(main, cfg_with())
+    assert (run.pixel_mean, run.pixel_std) == (alone.pixel_mean, alone.pixel_std)
     stage = make_stage("whole-image", run, "unused")
     assert isinstance(stage.train_set, JoinedDataset) and stage.train_set.sizes == [n_main, n_aux]
     drawn = list(stage.train_loader(0, 0, 1).sampler)

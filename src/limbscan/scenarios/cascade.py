@@ -262,8 +262,10 @@ class CascadeStage(ClassifierStage):
                                for split, images in (("train", self.run.train_images), ("val", self.run.val_images))}
         auxiliary = self.run.auxiliary
         if auxiliary:  # absent without auxiliary data: the file of a run without it is unchanged
-            ids["auxiliary"] = [{"dataset": str(Path(a.ds.root).resolve()), "ids": sorted(int(im["id"]) for im in a.images)}
-                                for a in auxiliary]
+            ids["auxiliary"] = [
+                {"dataset": str(Path(a.ds.root).resolve()), "ids": sorted(int(im["id"]) for im in a.images)}
+                for a in auxiliary
+            ]
         if resume and path.is_file():
             try:
                 saved = json.loads(path.read_text())
@@ -304,11 +306,11 @@ class CascadeStage(ClassifierStage):
 
     def train_loader(self, epoch: int, rank: int, world_size: int) -> DataLoader:
         rng = np.random.default_rng(seed_for(self.cfg.train.seed, epoch, 2))
-        dataset = join_sources([
-            CropDataset(source.ds, [(image, self._draw(image, box, how, rng), label) for image, box, label, how in base],
-                        self.run.cache_side, self.size, self.margin, self.augment)
-            for source, base in zip(self.run.train_sources, self.train_base, strict=True)
-        ])
+        crops = []
+        for source, base in zip(self.run.train_sources, self.train_base, strict=True):
+            items = [(image, self._draw(image, box, how, rng), label) for image, box, label, how in base]
+            crops.append(CropDataset(source.ds, items, self.run.cache_side, self.size, self.margin, self.augment))
+        dataset = join_sources(crops)
         t = self.cfg.train
         return train_loader(dataset, self.labels, self.cfg, epoch, rank, world_size, t.batch_size, t.balance)
 
