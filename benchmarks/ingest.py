@@ -95,12 +95,12 @@ def write_images(folder: Path, fmt: str, n: int, size: int, seed: int = 0) -> li
 
 def write_dataset(root: Path, paths: list[Path], fmt: str, size: int) -> None:
     from limbscan.data.dataset import DatasetBuilder
-    from limbscan.io.meta import BODY_PARTS, ImageMeta
+    from limbscan.io.meta import LOWER_LIMB_PARTS, ImageMeta
 
     builder = DatasetBuilder(root=root, source="synthetic ingest benchmark", synthetic=True)
     meta = ImageMeta(width=size, height=size, format=fmt)
     for i, path in enumerate(paths):
-        builder.add_image(path, meta, label=i % 2, body_part=BODY_PARTS[i % len(BODY_PARTS)])
+        builder.add_image(path, meta, label=i % 2, body_part=LOWER_LIMB_PARTS[i % len(LOWER_LIMB_PARTS)])
     builder.build().save()
 
 

@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FRACATLAS = Path(os.environ.get("LIMBSCAN_FRACATLAS", REPO.parent / "shared" / "data" / "fracatlas-lowerlimb"))
+FRACATLAS_UPPER = Path(
+    os.environ.get("LIMBSCAN_FRACATLAS_UPPER", REPO.parent / "shared" / "data" / "fracatlas-upperlimb")
+)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +20,15 @@ def fracatlas_root() -> Path:
     if not (FRACATLAS / "dataset.csv").is_file():
         pytest.skip(f"real data absent: no FracAtlas subset at {FRACATLAS} (set LIMBSCAN_FRACATLAS)")
     return FRACATLAS
+
+
+@pytest.fixture(scope="session")
+def fracatlas_upper_root() -> Path:
+    """The shared FracAtlas upper-limb subset: hand / shoulder images, auxiliary training data."""
+    if not (FRACATLAS_UPPER / "dataset.csv").is_file():
+        pytest.skip(f"real data absent: no FracAtlas upper-limb subset at {FRACATLAS_UPPER} "
+                    "(set LIMBSCAN_FRACATLAS_UPPER)")
+    return FRACATLAS_UPPER
 
 
 TINY_BACKBONE = "mobilenetv3_small_050"  # random init: no weights needed, a second per epoch
@@ -43,6 +55,12 @@ def make_tiny_config():
 def tiny_config():
     """A fresh :func:`make_tiny_config` per test (tests may change it)."""
     return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_config_factory():
+    """:func:`make_tiny_config` itself, for module-scoped fixtures (test modules cannot import conftest)."""
+    return make_tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,10 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
     train_parts = {im.get("body_part") or "unknown" for im in json.loads((root / "dataset.json").read_text())["images"]
                    if im.get("split") == "train"}
     assert set(m["body_parts"]) == train_parts
+    (main,) = m["training_data"]  # no auxiliary data: the main train split alone, recorded at training
+    assert (main["role"], main["path"], main["dataset_sha256"], main["now"]) == (
+        "main", str(root.resolve()), m["data_hash"], "unchanged")
+    assert set(main["body_parts"]) == train_parts
     pre = m["preprocessing"]
     assert (pre["cache_side"], pre["whole_image_size"], pre["crop_size"], pre["top_k"]) == (160, 64, 48, 2)
     assert pre["crop_margin"] == pytest.approx(0.15) and 0 < pre["pixel_std"]

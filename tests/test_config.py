@@ -79,6 +79,11 @@ def test_paper_policy_is_the_default():
         ("data.split.test=0.3", "data.split fractions must sum to 1"),
         ("search.lr_backbone=[0, 0.01]", "search.lr_backbone (0, 0.01) must be 0 < low <= high"),
         ("search.image_size=[]", "search.image_size [] must be a non-empty list"),
+        ("data.auxiliary_share=1", "data.auxiliary_share 1 must be in (0, 1), or null"),
+        ("data.auxiliary_share=0", "data.auxiliary_share 0 must be in (0, 1), or null"),
+        ("data.auxiliary_share=half", "data.auxiliary_share 'half' must be a number or null"),
+        ("data.auxiliary=ds/aux", "data.auxiliary 'ds/aux' must be a list, each a string"),
+        ("data.auxiliary=[ds/aux, '']", "data.auxiliary ['ds/aux', ''] must be a list of dataset folders"),
         ("search.image_size=[256, big]", "search.image_size[1] 'big' must be an integer"),
     ],
 )
@@ -119,6 +124,14 @@ def test_valid_overrides_still_work_and_lists_become_tuples():
     assert cfg.classifier.cascade_init == "whole-image" and cfg.train.lr_heads == 1  # an int where a float is declared
     assert cfg.search.image_size == (128, 160) and isinstance(cfg.search.image_size, tuple)
     assert isinstance(cfg.data.augment.scale_range, tuple)
+
+
+def test_auxiliary_data_keys_default_to_none_and_round_trip():
+    assert (Config().data.auxiliary, Config().data.auxiliary_share) == ((), None)
+    cfg = load_config(None, ["data.auxiliary=[ds/hand, ds/shoulder]", "data.auxiliary_share=0.25"])
+    assert cfg.data.auxiliary == ("ds/hand", "ds/shoulder") and cfg.data.auxiliary_share == 0.25
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert load_config(None, ["data.auxiliary=[]", "data.auxiliary_share=null"]).data == Config().data
 
 
 def test_config_from_dict_checks_values_and_round_trips():

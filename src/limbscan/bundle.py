@@ -236,15 +236,19 @@ def _write_config(run: Path, checkpoints: dict[str, dict], dst: Path) -> None:
 
 
 def _data_provenance(val: dict[str, Any]) -> dict[str, Any]:
-    """sha256 of the dataset.json the run was trained on, and the body parts it saw.
+    """sha256 of the dataset.json the run was trained on, and the body parts it saw; with
+    ``training_data`` every dataset trained on (main and auxiliary), as training recorded it.
 
-    A run records its dataset's folder (in val_scores.json), not a hash, so the hash is taken
-    of that dataset.json as it is now; if its val split no longer holds the run's validation
-    images, the dataset changed since training and the manifest says so.
+    ``data_hash`` is the main dataset.json's as it is now (runs from before ``training_data``
+    recorded only the folder); if its val split no longer holds the run's validation images,
+    the dataset changed since training and the manifest says so. Each ``training_data`` entry
+    says whether its dataset.json still has the hash recorded at training (``now``).
     """
     from limbscan.data.dataset import DATASET_FILE
 
     found: dict[str, Any] = {"data_hash": None, "body_parts": sorted(val.get("train_body_parts") or [])}
+    if val.get("training_data") is not None:
+        found["training_data"] = [_now(entry, DATASET_FILE) for entry in val["training_data"]]
     root = val.get("dataset")
     path = Path(root) / DATASET_FILE if root else None
     if path is None or not path.is_file():
@@ -267,6 +271,17 @@ def _data_provenance(val: dict[str, Any]) -> dict[str, Any]:
     if not found["body_parts"]:
         found["body_parts"] = sorted({im.get("body_part") or "unknown" for im in images if im.get("split") == "train"})
     return found
+
+
+def _now(entry: dict[str, Any], dataset_file: str) -> dict[str, Any]:
+    """A training-data entry with ``now``: its dataset.json ``unchanged`` since training, ``changed``
+    or ``missing``."""
+    path = Path(entry.get("path") or "") / dataset_file
+    if not path.is_file():
+        now = "missing"
+    else:
+        now = "unchanged" if sha256_file(path) == entry.get("dataset_sha256") else "changed"
+    return {**entry, "now": now}
 
 
 def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:

@@ -94,12 +94,23 @@ def import_fracatlas_cmd(
     root: Annotated[Path, typer.Argument(help="FracAtlas root (holds dataset.csv, images/, Annotations/).")],
     out: OutDir,
     skip_truncated: Annotated[bool, typer.Option(help="Skip truncated JPEGs instead of keeping what decodes.")] = False,
+    parts: Annotated[Optional[str], typer.Option(
+        help="Keep only these body parts, a comma list of leg, hip, hand, shoulder, mixed, unknown "
+             "(leg,hip: the main lower-limb dataset).")] = None,
+    exclude_parts: Annotated[Optional[str], typer.Option(
+        help="Keep all but these body parts (leg,hip: the rest, as auxiliary training data).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Import FracAtlas as laid out by its authors: label from the folder, tags from dataset.csv, lesions from COCO."""
     from limbscan.data.importers import import_fracatlas
 
-    _finish_import(import_fracatlas(root, out, progress=not quiet, skip_truncated=skip_truncated), out)
+    result = import_fracatlas(root, out, progress=not quiet, skip_truncated=skip_truncated,
+                              parts=_comma_list(parts), exclude_parts=_comma_list(exclude_parts))
+    _finish_import(result, out)
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return None if value is None else [item.strip() for item in value.split(",")]
 
 
 @import_app.command("folder")
@@ -249,6 +260,9 @@ def download_fracatlas_cmd(
 # -- train / search ------------------------------------------------------------------
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config, e.g. configs/cpu.yaml.")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides, key=value (e.g. train.epochs=3).")]
+AuxOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--aux", help="Auxiliary training data: a dataset folder whose every image joins training, never validation "
+                  "or test; repeat for several (adds to data.auxiliary; data.auxiliary_share sets its batch share).")]
 
 
 @app.command("train")
@@ -261,16 +275,18 @@ def train_cmd(
         Optional[str], typer.Option(help=f"{SCENARIO_CHOICES} | all, or a comma list (default: the config's).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN's last checkpoints.")] = False,
+    aux: AuxOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Train the whole-image baseline, the detector and / or the cascade on DS's train split."""
-    from limbscan.config import save_config
+    from limbscan.config import add_auxiliary, save_config
     from limbscan.rundir import RunDir
     from limbscan.train.runner import train
 
     run = RunDir(out)
     # --resume with no -c goes on with the settings the run started with: the library's rule.
     cfg = run.config_for(config, list(overrides or []) + ([f"train.scenario={scenario}"] if scenario else []), resume)
+    cfg = add_auxiliary(cfg, aux)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
     results = train(dataset, cfg, out, resume=resume, progress=not quiet)
@@ -292,15 +308,16 @@ def search_cmd(
     overrides: Overrides = None,
     trials: Annotated[Optional[int], typer.Option(help="Number of trials (default: search.trials).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed (default: train.seed).")] = None,
+    aux: AuxOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Random search on the validation split; writes search.csv, search.json and best.yaml."""
     from rich.table import Table
 
-    from limbscan.config import load_config
+    from limbscan.config import add_auxiliary, load_config
     from limbscan.train.search import random_search
 
-    cfg = load_config(config, list(overrides or []))
+    cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
     ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet)
     table = Table(title="random search, ranked by validation AUC")
     for column in ranked[0]:
@@ -341,13 +358,15 @@ def benchmark_cmd(
     config: ConfigOpt = None,
     overrides: Overrides = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,
+    aux: AuxOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Train whole-image, detector and cascade on one split, evaluate on test, compare in one report."""
-    from limbscan.config import load_config
+    from limbscan.config import add_auxiliary, load_config
     from limbscan.eval.pipeline import run_pipeline
 
-    metrics = run_pipeline(dataset, load_config(config, list(overrides or [])), out, n_boot=n_boot, progress=not quiet)
+    cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
+    metrics = run_pipeline(dataset, cfg, out, n_boot=n_boot, progress=not quiet)
     for t in metrics["timing"]:
         console.print(f"{t['stage']}: {t['seconds'] / 60:.1f} min, peak RSS {t['peak_rss_mb']:.0f} MB", highlight=False)
     _print_evaluation(metrics, out / "report")

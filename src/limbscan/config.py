@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,12 @@ class DataConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    # Auxiliary training data: dataset folders whose every image, whatever split it carries,
+    # joins the training images of every stage; never validation or test (`limbscan train --aux`).
+    auxiliary: tuple[str, ...] = ()
+    # Share of each training batch drawn from the auxiliary images, 0 < share < 1, classes
+    # balanced within each dataset; null: their natural share (every image once an epoch).
+    auxiliary_share: float | None = None
 
 
 @dataclass
@@ -192,6 +199,14 @@ def _leaf(hint: Any, value: Any, key: str, from_text: bool = False) -> Any:
     """``value`` checked against the field type ``hint``; lists become tuples, and with
     ``from_text`` a numeric string becomes a float where a float is declared."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: null allowed
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        try:
+            return _leaf(hint, value, key, from_text)
+        except LimbscanError as err:
+            raise LimbscanError(f"{err} or null") from None
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed or not isinstance(value, str):
@@ -203,8 +218,8 @@ def _leaf(hint: Any, value: Any, key: str, from_text: bool = False) -> Any:
             item_types, size = (args[0],), None
         else:
             item_types, size = args, len(args)
-        if not isinstance(value, (list, tuple)) or (len(value) != size if size is not None else not value):
-            what = f"a list of {size} values" if size is not None else "a non-empty list"
+        if not isinstance(value, (list, tuple)) or (size is not None and len(value) != size):
+            what = f"a list of {size} values" if size is not None else "a list"
             raise LimbscanError(f"config: {key} {value!r} must be {what}, each {_type_name(item_types[0])}")
         return tuple(
             _leaf(item_types[i if size is not None else 0], item, f"{key}[{i}]", from_text)
@@ -311,7 +326,15 @@ def _check_search(cfg: SearchConfig, where: str) -> None:
     for name in ("crop_margin", "augment_strength"):
         lo, hi = getattr(cfg, name)
         _range(f"{where}.{name}", getattr(cfg, name), 0 <= lo <= hi, "0 <= low <= high")
-    _range(f"{where}.image_size", cfg.image_size, all(s > 0 for s in cfg.image_size), "sizes > 0")
+    sizes = list(cfg.image_size)
+    _range(f"{where}.image_size", sizes, bool(sizes) and all(s > 0 for s in sizes), "a non-empty list of sizes > 0")
+
+
+def _check_data(cfg: DataConfig, where: str) -> None:
+    share = cfg.auxiliary_share
+    _range(f"{where}.auxiliary_share", share, share is None or 0 < share < 1, "in (0, 1), or null")
+    _range(f"{where}.auxiliary", list(cfg.auxiliary), all(str(p).strip() for p in cfg.auxiliary),
+           "a list of dataset folders")
 
 
 def _check_cache(cfg: CacheConfig, where: str) -> None:
@@ -320,6 +343,7 @@ def _check_cache(cfg: CacheConfig, where: str) -> None:
 
 
 _RULES: dict[type, Any] = {
+    DataConfig: _check_data,
     AugmentConfig: _check_augment,
     CacheConfig: _check_cache,
     SplitConfig: _check_split,
@@ -393,6 +417,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return check_config(_build(Config, tree, ""))
+
+
+def add_auxiliary(cfg: Config, folders: list[str | Path] | None) -> Config:
+    """``cfg`` with the dataset ``folders`` (``--aux``) added to ``data.auxiliary``, each as an
+    absolute path (a resumed run finds it from anywhere) and once (``--resume --aux DS`` again
+    adds nothing)."""
+    listed = {Path(p).resolve() for p in cfg.data.auxiliary}
+    added = []
+    for folder in folders or []:
+        path = Path(folder).resolve()
+        if path not in listed:
+            listed.add(path)
+            added.append(str(path))
+    cfg.data.auxiliary = (*cfg.data.auxiliary, *added)
+    return check_config(cfg)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

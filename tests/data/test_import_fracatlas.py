@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -98,21 +99,31 @@ def _jpeg(path: Path, size=(64, 48)) -> None:
     Image.fromarray(rng.integers(0, 255, size[::-1], dtype=np.uint8)).save(path, quality=90)
 
 
-def make_tree(root: Path) -> Path:
-    rows = [
-        # name, folder, leg, hip, csv fractured
-        ("IMG0000001.jpg", "Non_fractured", 1, 0, 0),
-        ("IMG0000002.jpg", "Non_fractured", 0, 1, 0),
-        ("IMG0000003.jpg", "Fractured", 1, 1, 1),
-        ("IMG0000004.jpg", "Fractured", 1, 0, 0),  # the README's quirk: csv disagrees with folder
-        ("IMG0000005.jpg", "Fractured", 1, 0, 1),
-    ]
+# name, folder, hand, leg, hip, shoulder, csv fractured
+LOWER_ROWS = [
+    ("IMG0000001.jpg", "Non_fractured", 0, 1, 0, 0, 0),
+    ("IMG0000002.jpg", "Non_fractured", 0, 0, 1, 0, 0),
+    ("IMG0000003.jpg", "Fractured", 0, 1, 1, 0, 1),
+    ("IMG0000004.jpg", "Fractured", 0, 1, 0, 0, 0),  # the README's quirk: csv disagrees with folder
+    ("IMG0000005.jpg", "Fractured", 0, 1, 0, 0, 1),
+]
+UPPER_ROWS = [
+    ("IMG0000006.jpg", "Non_fractured", 1, 0, 0, 0, 0),
+    ("IMG0000007.jpg", "Fractured", 0, 0, 0, 1, 1),
+    ("IMG0000008.jpg", "Non_fractured", 1, 0, 0, 1, 0),  # hand and shoulder: mixed
+    ("IMG0000009.jpg", "Fractured", 1, 1, 0, 0, 1),  # hand beside a leg: a leg image
+    ("IMG0000010.jpg", "Non_fractured", 0, 0, 0, 0, 0),  # tagged with no part
+]
+
+
+def make_tree(root: Path, rows=LOWER_ROWS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with (root / "dataset.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
-        for name, _, leg, hip, frac in rows:
-            writer.writerow([name, 0, leg, hip, 0, leg and hip, 1, 0, frac, frac, 1, 0, 0])
+        for name, _, hand, leg, hip, shoulder, frac in rows:
+            mixed = int(hand + leg + hip + shoulder > 1)
+            writer.writerow([name, hand, leg, hip, shoulder, mixed, 1, 0, frac, frac, 1, 0, 0])
     for name, folder, *_ in rows:
         _jpeg(root / "images" / folder / name)
     coco = {
@@ -121,6 +132,7 @@ def make_tree(root: Path) -> Path:
             {"id": 11, "file_name": "IMG0000004.jpg", "width": 64, "height": 48},
             {"id": 12, "file_name": "IMG0000005.jpg", "width": 64, "height": 48},
             {"id": 13, "file_name": "IMG0009999.jpg", "width": 64, "height": 48},  # no such file
+            {"id": 14, "file_name": "IMG0000007.jpg", "width": 64, "height": 48},  # shoulder
         ],
         "annotations": [
             {"id": 1, "image_id": 10, "category_id": 0, "bbox": [10, 10, 20, 10],
@@ -131,6 +143,8 @@ def make_tree(root: Path) -> Path:
              "segmentation": [], "area": 1e4, "iscrowd": 0},
             {"id": 4, "image_id": 13, "category_id": 0, "bbox": [1, 1, 2, 2],
              "segmentation": [], "area": 4, "iscrowd": 0},
+            {"id": 5, "image_id": 14, "category_id": 0, "bbox": [20, 10, 8, 8],
+             "segmentation": [], "area": 64, "iscrowd": 0},
         ],
         "categories": [{"id": 0, "name": "fractured"}],
     }
@@ -204,3 +218,105 @@ def test_missing_pieces_raise(tmp_path):
     with pytest.raises(LimbscanError, match="nothing usable"):
         import_fracatlas(root, tmp_path / "ds", progress=False)
     assert not (tmp_path / "ds" / "dataset.json").exists()
+
+
+def _parts(result) -> dict[str, str | None]:
+    return {Path(im["file_name"]).name: im["body_part"] for im in result.dataset.images}
+
+
+def test_body_parts_from_every_csv_column(tmp_path):
+    root = make_tree(tmp_path / "fa", LOWER_ROWS + UPPER_ROWS)
+    parts = _parts(import_fracatlas(root, tmp_path / "ds", progress=False))
+    assert [parts[f"IMG{i:07d}.jpg"] for i in range(1, 11)] == [
+        "leg", "hip", "hip", "leg", "leg", "hand", "shoulder", "mixed", "leg", None,
+    ]
+
+
+def test_part_filters_divide_one_fracatlas_into_main_and_auxiliary(tmp_path):
+    root = make_tree(tmp_path / "fa", LOWER_ROWS + UPPER_ROWS)
+    everything = _parts(import_fracatlas(root, tmp_path / "all", progress=False))
+    main = import_fracatlas(root, tmp_path / "main", progress=False, parts=["leg", "hip"])
+    aux = import_fracatlas(root, tmp_path / "aux", progress=False, exclude_parts=["leg", "hip"])
+    assert set(_parts(main).values()) == {"leg", "hip"}
+    assert set(_parts(aux).values()) == {"hand", "shoulder", "mixed", None}
+    # Together exactly the unfiltered import, no image in both.
+    assert {**_parts(main), **_parts(aux)} == everything
+    assert not set(_parts(main)) & set(_parts(aux))
+    assert _parts(import_fracatlas(root, tmp_path / "upper", progress=False,
+                                   parts=["hand", "Shoulder ", "mixed"])) == {
+        "IMG0000006.jpg": "hand", "IMG0000007.jpg": "shoulder", "IMG0000008.jpg": "mixed"}
+    # Images left out are said once per part, and their lesions are not listed as skipped one by one.
+    left_out = [s.problem for s in main.warnings if "left out" in s.problem]
+    assert sorted(left_out) == sorted(f"{n} {part} image(s) left out (body parts kept: hip, leg)"
+                                      for part, n in (("hand", 1), ("mixed", 1), ("shoulder", 1), ("unknown", 1)))
+    assert not any("IMG0000007.jpg" in s.path or "IMG0000007.jpg" in s.problem for s in main.skipped)
+    # ... and kept where their image is: the shoulder fracture's box.
+    shoulder = next(im for im in aux.dataset.images if im["body_part"] == "shoulder")
+    assert [a["image_id"] for a in aux.dataset.coco["annotations"]] == [shoulder["id"]]
+    assert main.dataset.info["description"] == "FracAtlas: hip, leg"
+
+
+def test_part_filter_errors_name_the_problem(tmp_path):
+    root = make_tree(tmp_path / "fa")
+    with pytest.raises(LimbscanError, match="body part 'foot' is not one of leg, hip, hand"):
+        import_fracatlas(root, tmp_path / "ds", progress=False, parts=["leg", "foot"])
+    with pytest.raises(LimbscanError, match="not both"):
+        import_fracatlas(root, tmp_path / "ds", progress=False, parts=["leg"], exclude_parts=["hip"])
+    with pytest.raises(LimbscanError, match=r"no images of the body parts kept \(hand\); found hip 2, leg 3"):
+        import_fracatlas(root, tmp_path / "ds", progress=False, parts=["hand"])
+    assert not (tmp_path / "ds" / "dataset.json").exists()
+
+
+def test_cli_imports_the_division(tmp_path):
+    from typer.testing import CliRunner
+
+    from limbscan.cli import app
+
+    root = make_tree(tmp_path / "fa", LOWER_ROWS + UPPER_ROWS)
+    runner = CliRunner()
+    for option, out in (("--parts", "main"), ("--exclude-parts", "aux")):
+        result = runner.invoke(app, ["data", "import", "fracatlas", str(root), "-o", str(tmp_path / out),
+                                     option, "leg,hip", "-q"])
+        assert result.exit_code == 0, result.output
+    assert {im["body_part"] for im in Dataset.load(tmp_path / "main").images} == {"leg", "hip"}
+    assert len(Dataset.load(tmp_path / "aux").images) == len(UPPER_ROWS) - 1  # the hand-beside-a-leg is main
+    result = runner.invoke(app, ["data", "import", "fracatlas", str(root), "-o", str(tmp_path / "x"),
+                                 "--parts", "legs"])
+    assert isinstance(result.exception, LimbscanError) and "'legs' is not one of" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def upper_imported(fracatlas_upper_root, tmp_path_factory):
+    return import_fracatlas(fracatlas_upper_root, tmp_path_factory.mktemp("fracatlas_upper"), progress=False)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_upper_limb_parts_match_dataset_csv(upper_imported, fracatlas_upper_root):
+    with (fracatlas_upper_root / "dataset.csv").open(newline="") as fh:
+        rows = {row["image_id"]: row for row in csv.DictReader(fh)}
+    images = upper_imported.dataset.images
+    parts = {Path(im["file_name"]).name: im["body_part"] for im in images}
+    assert None not in parts.values()  # no `unknown`
+    for name, part in parts.items():
+        tagged = {p for p in ("hand", "shoulder") if rows[name][p] == "1"}
+        assert part == (tagged.pop() if len(tagged) == 1 else "mixed"), name
+        assert rows[name]["leg"] == rows[name]["hip"] == "0"
+    counts = Counter(parts.values())
+    in_csv = Counter(
+        "mixed" if r["hand"] == r["shoulder"] == "1" else ("hand" if r["hand"] == "1" else "shoulder")
+        for name, r in rows.items() if name in parts
+    )
+    assert counts == in_csv and set(counts) == {"hand", "shoulder", "mixed"}
+    skipped = {Path(s.path).name for s in upper_imported.skipped}
+    assert len(parts) + len(skipped & set(rows)) == len(rows) == 1615
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_lower_limb_import_is_the_main_division(imported, fracatlas_root, tmp_path):
+    """--parts leg,hip on the lower-limb folder leaves out nothing: same images, ids, lesions."""
+    kept = import_fracatlas(fracatlas_root, tmp_path / "ds", progress=False, parts=["leg", "hip"])
+    assert kept.dataset.images == imported.dataset.images
+    assert kept.dataset.coco["annotations"] == imported.dataset.coco["annotations"]
+    assert not [s for s in kept.warnings if "left out" in s.problem]

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from limbscan.data.dataset import Dataset
 from limbscan.data.synth import make_phantom, synthesize
 from limbscan.errors import LimbscanError
-from limbscan.io import BODY_PARTS, read_image
+from limbscan.io import LOWER_LIMB_PARTS, read_image
 from limbscan.io.bodypart import normalize_body_part
 
 N, SEED = 24, 1
@@ -138,7 +138,7 @@ def test_patients_group_one_to_three_images_of_one_body_part(synth_ds):
     by_patient = defaultdict(list)
     for im in synth_ds.images:
         assert re.fullmatch(r"synth-\d{4}", im["patient_id"])
-        assert im["body_part"] in BODY_PARTS
+        assert im["body_part"] in LOWER_LIMB_PARTS
         by_patient[im["patient_id"]].append(im)
     assert all(1 <= len(ims) <= 3 for ims in by_patient.values())
     assert any(len(ims) > 1 for ims in by_patient.values())

@@ -212,3 +212,20 @@ def test_write_report_writes_every_file(tmp_path):
     # no gallery asked for: no gallery files
     paths = write_report(tmp_path / "plain", metrics(), {"cascade": (y, scores)})
     assert "gallery.png" not in paths and not (tmp_path / "plain" / "gallery.png").exists()
+
+
+def test_training_data_is_listed_where_the_run_recorded_it():
+    m = metrics()
+    assert "## Training data" not in metrics_markdown(m)
+    m["training_data"] = [
+        {"role": "main", "path": "/data/ds/fracatlas", "split": "train", "images": 826, "abnormal": 126,
+         "body_parts": {"leg": 700, "hip": 126}},
+        {"role": "auxiliary", "path": "/data/ds/fracatlas-aux", "split": "all", "images": 1615, "abnormal": 439,
+         "body_parts": {"shoulder": 101, "hand": 1281, "mixed": 233}},
+    ]
+    md = metrics_markdown(m)
+    section = md.split("## Training data", 1)[1]
+    assert "| main | /data/ds/fracatlas | train | 826 | 126 | leg, hip |" in section
+    assert "| auxiliary | /data/ds/fracatlas-aux | all | 1615 | 439 | hand, shoulder, mixed |" in section
+    assert "never validation" in section
+    assert "/data/ds/fracatlas-aux" in metrics_html(m, {})

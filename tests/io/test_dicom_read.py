@@ -16,7 +16,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 
 import limbscan.io.dicom as dicom_module
 from limbscan.errors import BadInputError
-from limbscan.io import BODY_PARTS, normalize_body_part, read_image
+from limbscan.io import LOWER_LIMB_PARTS, normalize_body_part, read_image
 from limbscan.io.dicom import dicom_meta, dicom_pixels, grey_levels, pixel_spacing, redact
 
 PHI = {"PatientName": "Garcia^Lucia", "PatientID": "MRN-7719-ZQ", "PatientBirthDate": "19630217"}
@@ -259,7 +259,7 @@ def test_body_part_comes_from_the_first_field_that_names_one(attrs, expected):
 )
 def test_normalize_body_part(text, expected):
     assert normalize_body_part(text) == expected
-    assert expected is None or expected in BODY_PARTS
+    assert expected is None or expected in LOWER_LIMB_PARTS
 
 
 # -- bad input ----------------------------------------------------------------------------------

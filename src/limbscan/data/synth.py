@@ -31,7 +31,7 @@ from rich.progress import track
 
 from limbscan.data.dataset import DATASET_FILE, Dataset, DatasetBuilder
 from limbscan.errors import LimbscanError
-from limbscan.io import BODY_PARTS, read_image
+from limbscan.io import LOWER_LIMB_PARTS, read_image
 
 DESCRIPTION = "SYNTHETIC phantoms drawn by limbscan: not radiographs, for tests and demos only"
 # BodyPartExamined defined terms (DICOM PS3.16 Annex L) for the seven parts.
@@ -327,7 +327,7 @@ def synthesize(
     patients, parts = [], []
     while len(patients) < n:
         pid = f"synth-{len(set(patients)) + 1:04d}"
-        part = str(rng.choice(BODY_PARTS))
+        part = str(rng.choice(LOWER_LIMB_PARTS))
         for _ in range(int(rng.integers(1, 4))):
             patients.append(pid)
             parts.append(part)

@@ -10,6 +10,8 @@ float32 tensor in [0, 1]; normalisation happens inside the models.
   its lesion boxes, ABNORMAL, with polygon masks (box-shaped where there is no polygon).
 - :class:`CropDataset`: box crops through :func:`crop_box`, the one crop function that
   cascade training and inference share, so the classifier sees the same kind of input in both.
+- :func:`join_sources`: one of these per training source (the main dataset's train split and
+  each auxiliary dataset) end to end; :class:`SourceMixSampler` draws them in their shares.
 
 Geometry conventions: boxes are XYXY in continuous pixel coordinates (pixel ``i`` spans
 ``[i, i + 1)``), as torchvision's detection models use; letterboxing pads with 0 (black, the
@@ -25,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import ConcatDataset, Sampler, WeightedRandomSampler
 from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import Sampler, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
@@ -394,6 +396,28 @@ class CropDataset(TorchDataset):
         return _augment_image(self.augment, crop), float(label)
 
 
+class JoinedDataset(ConcatDataset):
+    """Several training sources' datasets end to end, the main one first: what a stage trains on
+    when auxiliary data joins. Each source keeps its own limbscan Dataset (image ids, cache and
+    lesions are per dataset); ``sizes`` tells :class:`SourceMixSampler` where each one's items lie."""
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(y) for d in self.datasets for y in d.labels]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(d) for d in self.datasets]
+
+
+def join_sources(datasets: Sequence[TorchDataset]) -> TorchDataset:
+    """The one source's dataset as it is (a run without auxiliary data trains exactly as before),
+    or several joined."""
+    if not datasets:
+        raise LimbscanError("no training data: no source to train on")
+    return datasets[0] if len(datasets) == 1 else JoinedDataset(list(datasets))
+
+
 def detection_collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Images differ in size, so a detection batch stays a list (torchvision's convention)."""
     images, targets = zip(*batch) if batch else ((), ())
@@ -431,6 +455,70 @@ def class_balanced_sampler(
     if n < 1:
         raise LimbscanError(f"num_samples must be at least 1, got {n}")
     return WeightedRandomSampler(per_sample, n, replacement=True, generator=generator)
+
+
+def source_counts(sizes: Sequence[int], share: float | None) -> list[int]:
+    """Draws per source in one epoch: the first source (main) ``1 - share`` of them, the others
+    ``share`` together, split by their sizes; an epoch holds as many main draws as main items.
+    ``share`` None: every item once (each source its natural share)."""
+    sizes = [int(n) for n in sizes]
+    if not sizes or sizes[0] < 1:
+        raise LimbscanError("no training data: the main dataset gives no training item")
+    aux_total = sum(sizes[1:])
+    if share is None or aux_total == 0:
+        return sizes
+    if not 0 < share < 1:
+        raise LimbscanError(f"auxiliary share {share!r} must lie in (0, 1)")
+    total = max(round(sizes[0] / (1 - share)), sizes[0] + 1)
+    n_aux = min(max(round(total * share), 1), total - 1)
+    # Largest remainder: the auxiliary draws split by size, summing exactly to n_aux.
+    exact = [n_aux * n / aux_total for n in sizes[1:]]
+    counts = [int(math.floor(x)) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: n_aux - sum(counts)]:
+        counts[i] += 1
+    return [total - n_aux, *counts]
+
+
+class SourceMixSampler(Sampler[int]):
+    """Indices into sources laid end to end (a :class:`JoinedDataset`), each source drawn
+    :func:`source_counts` times, in a random order: about ``share`` of every batch is auxiliary.
+
+    Within a source: ``balanced`` draws classes about equally often (with replacement, as
+    :func:`class_balanced_sampler`); otherwise each item once per pass (shuffled, passes
+    repeated when a source is drawn more often than it has items). The draw depends only on
+    the generator's state: seed a fresh one per epoch, the same on every DDP rank, and wrap the
+    sampler in :class:`ShardedSampler`.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], sizes: Sequence[int], share: float | None, balanced: bool,
+        generator: torch.Generator,
+    ):
+        if sum(sizes) != len(labels):
+            raise ValueError(f"source sizes {list(sizes)} do not add up to {len(labels)} labels")
+        self.labels, self.sizes = list(labels), [int(n) for n in sizes]
+        self.counts = source_counts(self.sizes, share)
+        self.balanced, self.generator = balanced, generator
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def __iter__(self) -> Iterator[int]:
+        drawn, start = [], 0
+        for size, count in zip(self.sizes, self.counts, strict=True):
+            if count:
+                drawn.append(start + self._draw(self.labels[start : start + size], count))
+            start += size
+        order = torch.cat(drawn)
+        return iter(order[torch.randperm(len(order), generator=self.generator)].tolist())
+
+    def _draw(self, labels: list[int], count: int) -> torch.Tensor:
+        if self.balanced:
+            weights = class_weights(labels)
+            per_sample = torch.tensor([weights[int(y)] for y in labels], dtype=torch.float64)
+            return torch.multinomial(per_sample, count, replacement=True, generator=self.generator)
+        passes = [torch.randperm(len(labels), generator=self.generator) for _ in range(-(-count // len(labels)))]
+        return torch.cat(passes)[:count]
 
 
 def shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -195,6 +195,12 @@ def measure(
     if bundle is not None:
         target_sensitivity = bundle["target_sensitivity"]
     val = _validation_scores(run, ds)
+    for entry in val.get("training_data") or []:
+        if entry.get("role") == "auxiliary" and entry.get("path") == str(ds.root.resolve()):
+            raise LimbscanError(
+                f"{ds.root}: auxiliary training data of this run (every image of it was trained on); "
+                "evaluate on a dataset it did not train on"
+            )
     same_dataset = val.get("dataset") == str(ds.root.resolve())
     if same_dataset and split == "val":
         raise LimbscanError(
@@ -217,6 +223,7 @@ def measure(
         "auc_undefined_reason": undefined_reason(labels),
         "unseen_body_parts": sorted({im.get("body_part") or "unknown" for im in images} - seen_parts)
         if seen_parts else [],
+        "training_data": val.get("training_data"),  # the datasets trained on, where the run recorded them
         "scenarios": {},
         "comparisons": [],
     }

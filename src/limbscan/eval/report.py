@@ -312,6 +312,24 @@ def _body_part_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
     return blocks
 
 
+def _training_data_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
+    """The datasets the evaluated model trained on, where its run recorded them (main and auxiliary)."""
+    data: Sequence[Mapping[str, Any]] = metrics.get("training_data") or []
+    if not data:
+        return []
+    rows = [
+        [str(d.get("role", "")), str(d.get("path", "")), str(d.get("split", "")), _num(d.get("images")),
+         _num(d.get("abnormal")), ", ".join(sorted(d.get("body_parts") or {}, key=_part_order))]
+        for d in data
+    ]
+    return [
+        _Block("h2", "Training data"),
+        _table(["role", "dataset", "split used", "images", "abnormal", "body parts"], rows,
+               [False, False, False, True, True, False]),
+        _Block("p", "Auxiliary datasets are training images only: never validation (thresholds) or test."),
+    ]
+
+
 def _tag_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
     scenarios = metrics.get("scenarios", {})
     tags = sorted({t for e in scenarios.values() for t in (e.get("by_tag") or {})})
@@ -375,6 +393,7 @@ def _blocks(metrics: Mapping[str, Any], title: str, figures: Mapping[str, Path] 
         *_backbone_blocks(metrics),
         *_comparison_blocks(metrics),
         *_body_part_blocks(metrics),
+        *_training_data_blocks(metrics),
         *_tag_blocks(metrics),
         *_localisation_blocks(metrics),
         *_timing_blocks(metrics),

@@ -9,10 +9,11 @@ bright (MONOCHROME1 inverted), and an :class:`ImageMeta`. Any failure is a
 from limbscan.io.anonymize import Anonymizer, anonymize_tree
 from limbscan.io.bodypart import normalize_body_part
 from limbscan.io.images import read_image, sniff_format
-from limbscan.io.meta import BODY_PARTS, ImageMeta
+from limbscan.io.meta import BODY_PARTS, LOWER_LIMB_PARTS, ImageMeta
 
 __all__ = [
     "BODY_PARTS",
+    "LOWER_LIMB_PARTS",
     "Anonymizer",
     "ImageMeta",
     "anonymize_tree",

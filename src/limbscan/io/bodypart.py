@@ -1,16 +1,16 @@
-"""Free text (DICOM descriptions, folder names) to one of :data:`BODY_PARTS`.
+"""Free text (DICOM descriptions, folder names) to one of :data:`LOWER_LIMB_PARTS`.
 
 Hospitals spell body parts many ways: ``BodyPartExamined`` holds defined terms such as
 ``LEG`` or ``EXTREMITY``, descriptions hold prose ("Non-ossifying fibroma of distal tibia"),
 and exports name folders ``XR_KNEE`` or ``TibFib``. The table below is the one place that
-maps those words onto the seven parts limbscan knows.
+maps those words onto the seven lower-limb parts limbscan is built for.
 """
 
 from __future__ import annotations
 
 import re
 
-from limbscan.io.meta import BODY_PARTS
+from limbscan.io.meta import LOWER_LIMB_PARTS
 
 # (pattern, body part). Patterns match whole words of the normalised text (lower case,
 # separators turned into spaces, camelCase split). Where a text names several parts the
@@ -44,11 +44,11 @@ _PATTERN = re.compile(
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z]+")
 
-assert all(part in BODY_PARTS for _, part in _KEYWORDS)
+assert all(part in LOWER_LIMB_PARTS for _, part in _KEYWORDS)
 
 
 def normalize_body_part(text: str | None) -> str | None:
-    """Map free text to one of ``BODY_PARTS``, or ``None`` where it names none.
+    """Map free text to one of ``LOWER_LIMB_PARTS``, or ``None`` where it names none.
 
     >>> normalize_body_part("XR_KNEE"), normalize_body_part("TIB-FIB"), normalize_body_part("EXTREMITY")
     ('knee', 'leg', None)

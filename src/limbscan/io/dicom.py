@@ -215,7 +215,7 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
 
 
 def dicom_body_part(ds: Dataset) -> str | None:
-    """One of BODY_PARTS from the first of :data:`BODY_PART_SOURCES` that names one."""
+    """One of LOWER_LIMB_PARTS from the first of :data:`BODY_PART_SOURCES` that names one."""
     for keyword in BODY_PART_SOURCES:
         part = normalize_body_part(str(ds.get(keyword) or ""))
         if part is not None:

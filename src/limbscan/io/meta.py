@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BODY_PARTS = ("toe", "foot", "ankle", "leg", "knee", "femur", "hip")
+# The parts limbscan is built for: what free text and DICOM tags are mapped onto
+# (limbscan.io.bodypart) and what synthetic phantoms show.
+LOWER_LIMB_PARTS = ("toe", "foot", "ankle", "leg", "knee", "femur", "hip")
+# Parts that come with auxiliary training data (FracAtlas' hand and shoulder images); ``mixed``
+# is an image that shows several of them. Never read from a file's own tags.
+OTHER_BODY_PARTS = ("hand", "shoulder", "mixed")
+# Every body part a dataset may name, in report order (lower limb first).
+BODY_PARTS = LOWER_LIMB_PARTS + OTHER_BODY_PARTS
 
 
 @dataclass
@@ -13,7 +20,7 @@ class ImageMeta:
     height: int
     format: str  # "dicom", "png" or "jpeg"
     pixel_spacing: tuple[float, float] | None = None  # mm per pixel (row, column), where known
-    body_part: str | None = None  # one of BODY_PARTS where the file says so, else None
+    body_part: str | None = None  # one of LOWER_LIMB_PARTS where the file says so, else None
     bits_stored: int | None = None
     photometric: str | None = None  # DICOM PhotometricInterpretation or PIL mode
     modality: str | None = None

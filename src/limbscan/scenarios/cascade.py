@@ -11,7 +11,9 @@ the trained detector's own top-k boxes (what it will be shown), on abnormal imag
 boxes, moved a little each epoch because a detector's box never sits exactly on the lesion. The
 proposals come from the detector pass every caller uses, once, with the detector's best
 checkpoint, and are kept in ``RUN/cascade/proposals.json`` so a resumed run reuses them; the
-validation proposals there are the boxes ``predict`` returns for those images.
+validation proposals there are the boxes ``predict`` returns for those images. Auxiliary
+training data (``data.auxiliary``) gives crops the same way: lesion boxes of its abnormal
+images, the detector's boxes on its normal ones (kept under ``auxiliary`` in the same file).
 """
 
 from __future__ import annotations
@@ -27,11 +29,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from limbscan.config import CascadeScore
-from limbscan.data.torchdata import CropDataset, crop_box, crop_window, letterbox
+from limbscan.data.dataset import Dataset
+from limbscan.data.torchdata import CropDataset, crop_box, crop_window, join_sources, letterbox
 from limbscan.errors import LimbscanError
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
-from limbscan.scenarios.stage import ClassifierStage, RunData, seed_for, train_loader, validation_metrics
+from limbscan.scenarios.stage import (
+    ClassifierStage,
+    RunData,
+    TrainSource,
+    seed_for,
+    train_loader,
+    validation_metrics,
+)
 
 CASCADE_SCORES: tuple[str, ...] = get_args(CascadeScore)  # the config's choices
 PROPOSALS_FILE = "proposals.json"
@@ -148,10 +158,11 @@ def context_box(
 
 
 def detector_proposals(
-    detector: nn.Module, run: RunData, images: list[dict], k: int, progress: bool = False
+    detector: nn.Module, run: RunData, images: list[dict], k: int, progress: bool = False, ds: Dataset | None = None
 ) -> dict[int, dict[str, Any]]:
     """Each image's top-k detector boxes (``top``, ORIGINAL pixels) and image score (``score``), by
-    image id, from the pass every scorer runs (:meth:`Batch.detections`).
+    image id, from the pass every scorer runs (:meth:`Batch.detections`). ``images`` belong to
+    ``ds`` (default: the run's main dataset).
 
     Under DDP each rank runs its shard and the ranks swap results."""
     from rich.progress import track
@@ -168,7 +179,7 @@ def detector_proposals(
     with torch.inference_mode():
         for chunk in track(chunks, description="Detector proposals", disable=not (progress and info.is_main),
                            transient=True):
-            batch = Batch([ImageInput.from_dataset(run.ds, images[i], run.cache_side) for i in chunk])
+            batch = Batch([ImageInput.from_dataset(ds or run.ds, images[i], run.cache_side) for i in chunk])
             for i, d in zip(chunk, batch.detections(detector, k), strict=True):
                 found[int(images[i]["id"])] = {"top": d.top, "score": d.score}
     if info.distributed:
@@ -199,26 +210,31 @@ class CascadeStage(ClassifierStage):
         proposals = self._proposals(out, detector_path, resume, progress)
         self.train_proposals, self.val_proposals = proposals["train"], proposals["val"]
         self.val_detector_scores = [float(proposals["val_scores"][str(im["id"])]) for im in run.val_images]
+        # Each source's proposals by image id: the main train split's, then each auxiliary dataset's.
+        by_source = [self.train_proposals, *(aux["train"] for aux in proposals.get("auxiliary", []))]
         # Positives: lesion boxes; negatives: the detector's own boxes on normal images. An abnormal
         # image without a lesion box has only its image label: its proposals stand in, as positives.
-        self.train_base: list[tuple[dict, list[float], int, str]] = []  # (image, box, label, how to draw)
-        for image in run.train_images:
-            label = int(image["label"])
-            lesions = [_xyxy(a["bbox"]) for a in run.ds.annotations_for(image["id"])] if label else []
-            if lesions:
-                self.train_base.extend((image, box, 1, JITTER) for box in lesions)
-                if cfg.classifier.context_crops:
-                    self.train_base.extend((image, box, 1, CONTEXT) for box in lesions)
-            else:
-                boxes = self.train_proposals.get(str(image["id"])) or [
-                    [0.0, 0.0, float(image["width"]), float(image["height"])]]
-                self.train_base.extend((image, box, label, FIXED) for box in boxes)
+        # One list per source (main first), as the joined crop datasets are laid out.
+        self.train_base: list[list[tuple[dict, list[float], int, str]]] = []  # (image, box, label, how to draw)
+        for source, found in zip(run.train_sources, by_source, strict=True):
+            base: list[tuple[dict, list[float], int, str]] = []
+            for image in source.images:
+                label = int(image["label"])
+                lesions = [_xyxy(a["bbox"]) for a in source.ds.annotations_for(image["id"])] if label else []
+                if lesions:
+                    base.extend((image, box, 1, JITTER) for box in lesions)
+                    if cfg.classifier.context_crops:
+                        base.extend((image, box, 1, CONTEXT) for box in lesions)
+                else:
+                    boxes = found.get(str(image["id"])) or [[0.0, 0.0, float(image["width"]), float(image["height"])]]
+                    base.extend((image, box, label, FIXED) for box in boxes)
+            self.train_base.append(base)
         # Box sizes as shares of their image, from the negatives: what a context crop's size is drawn from.
         self.context_sizes = [
             ((box[2] - box[0]) / image["width"], (box[3] - box[1]) / image["height"])
-            for image, box, label, how in self.train_base if how == FIXED and label == 0
+            for base in self.train_base for image, box, label, how in base if how == FIXED and label == 0
         ] or [(1.0, 1.0)]
-        self.labels = [label for _, _, label, _ in self.train_base]
+        self.labels = [label for base in self.train_base for _, _, label, _ in base]
         self._set_pos_weight(self.labels)
         self.checkpoint_extra.update(crop_margin=self.margin, top_k=self.k, cascade_score=self.rule)
 
@@ -242,8 +258,14 @@ class CascadeStage(ClassifierStage):
         info = init_distributed()
         path = out.stage_file(self.name, PROPOSALS_FILE)
         digest = sha256_file(detector_path)
-        ids = {split: sorted(int(im["id"]) for im in images)
-               for split, images in (("train", self.run.train_images), ("val", self.run.val_images))}
+        ids: dict[str, Any] = {split: sorted(int(im["id"]) for im in images)
+                               for split, images in (("train", self.run.train_images), ("val", self.run.val_images))}
+        auxiliary = self.run.auxiliary
+        if auxiliary:  # absent without auxiliary data: the file of a run without it is unchanged
+            ids["auxiliary"] = [
+                {"dataset": str(Path(a.ds.root).resolve()), "ids": sorted(int(im["id"]) for im in a.images)}
+                for a in auxiliary
+            ]
         if resume and path.is_file():
             try:
                 saved = json.loads(path.read_text())
@@ -253,10 +275,14 @@ class CascadeStage(ClassifierStage):
                     and saved.get("top_k") == self.k and saved.get("ids") == ids):
                 return saved
         detector = load_detector(detector_path).to(info.device)
-        normals = [im for im in self.run.train_images
-                   if int(im["label"]) == 0 or not self.run.ds.annotations_for(im["id"])]
-        train = detector_proposals(detector, self.run, normals, self.k, progress)
+
+        def unboxed(source: TrainSource) -> list[dict]:  # the images whose crops are the detector's boxes
+            return [im for im in source.images if int(im["label"]) == 0 or not source.ds.annotations_for(im["id"])]
+
+        main = self.run.train_sources[0]
+        train = detector_proposals(detector, self.run, unboxed(main), self.k, progress)
         val = detector_proposals(detector, self.run, self.run.val_images, self.k, progress)
+        aux = [detector_proposals(detector, self.run, unboxed(a), self.k, progress, ds=a.ds) for a in auxiliary]
         del detector
         saved = {
             "version": PROPOSALS_VERSION,
@@ -267,6 +293,12 @@ class CascadeStage(ClassifierStage):
             "val": {str(i): found["top"] for i, found in sorted(val.items())},
             "val_scores": {str(i): found["score"] for i, found in sorted(val.items())},
         }
+        if auxiliary:
+            saved["auxiliary"] = [
+                {"dataset": str(Path(a.ds.root).resolve()),
+                 "train": {str(i): found["top"] for i, found in sorted(props.items())}}
+                for a, props in zip(auxiliary, aux, strict=True)
+            ]
         if info.is_main:
             write_json_atomic(path, saved)
         barrier(info)
@@ -274,8 +306,11 @@ class CascadeStage(ClassifierStage):
 
     def train_loader(self, epoch: int, rank: int, world_size: int) -> DataLoader:
         rng = np.random.default_rng(seed_for(self.cfg.train.seed, epoch, 2))
-        items = [(image, self._draw(image, box, how, rng), label) for image, box, label, how in self.train_base]
-        dataset = CropDataset(self.run.ds, items, self.run.cache_side, self.size, self.margin, self.augment)
+        crops = []
+        for source, base in zip(self.run.train_sources, self.train_base, strict=True):
+            items = [(image, self._draw(image, box, how, rng), label) for image, box, label, how in base]
+            crops.append(CropDataset(source.ds, items, self.run.cache_side, self.size, self.margin, self.augment))
+        dataset = join_sources(crops)
         t = self.cfg.train
         return train_loader(dataset, self.labels, self.cfg, epoch, rank, world_size, t.batch_size, t.balance)
 

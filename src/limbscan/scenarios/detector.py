@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from limbscan.data.torchdata import DetectionDataset, detection_collate
+from limbscan.data.torchdata import DetectionDataset, detection_collate, join_sources
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Finding, ModelStore, Scenario
 from limbscan.scenarios.stage import RunData, paper_augment, train_loader, validate_scenario
@@ -51,7 +51,10 @@ class DetectorStage:
         self.cfg = cfg = run.cfg
         self.epochs = int(cfg.train.detector_epochs)
         self.model = build_detector(cfg.detector, run.pixel_mean, run.pixel_std)
-        self.train_set = DetectionDataset(run.ds, run.train_images, run.cache_side, paper_augment(cfg))
+        augment = paper_augment(cfg)
+        self.train_set = join_sources([
+            DetectionDataset(source.ds, source.images, run.cache_side, augment) for source in run.train_sources
+        ])
         self.checkpoint_extra: dict[str, Any] = {
             "scenario": self.name, "pixel_mean": run.pixel_mean, "pixel_std": run.pixel_std,
         }

@@ -73,9 +73,19 @@ def score_run(
     return out
 
 
-def validation_scores(run: Path, ds: Dataset, val_images: list[dict], train_images: list[dict] | None = None) -> dict:
+def validation_scores(
+    run: Path,
+    ds: Dataset,
+    val_images: list[dict],
+    train_images: list[dict] | None = None,
+    training_data: list[dict] | None = None,
+) -> dict:
     """Every trained scenario's scores on the validation split, from its best checkpoint: where
-    the operating thresholds are chosen, so evaluation never picks one on the split it reports."""
+    the operating thresholds are chosen, so evaluation never picks one on the split it reports.
+
+    ``train_images``: every image trained on (auxiliary ones included), for the body parts seen;
+    ``training_data``: the datasets trained on (:meth:`~limbscan.scenarios.stage.RunData.training_data`).
+    """
     scored = score_run(run, ds, val_images)
     return {
         "dataset": str(ds.root.resolve()),
@@ -85,6 +95,7 @@ def validation_scores(run: Path, ds: Dataset, val_images: list[dict], train_imag
         "train_body_parts": (
             sorted({im.get("body_part") or "unknown" for im in train_images}) if train_images is not None else None
         ),
+        "training_data": training_data,
     }
 
 

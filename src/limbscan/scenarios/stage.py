@@ -1,6 +1,11 @@
 """What the scenarios' training stages share: the run's data, the epoch loader, the classifier
 stage's loss, and validation through the scenario's own scoring.
 
+Training data comes in sources (:class:`TrainSource`): the main dataset's train split, then each
+auxiliary dataset whole (``data.auxiliary``). A stage makes one torch dataset per source and
+joins them (:func:`~limbscan.data.torchdata.join_sources`); :func:`train_loader` then draws each
+source in its share. Validation, pixel statistics and thresholds come from the main dataset only.
+
 A stage is what :func:`limbscan.train.engine.fit` trains (see its ``Stage`` protocol); each
 scenario module defines its own and makes it in ``Scenario.make_stage``. Validation scores the
 validation split through the very :class:`~limbscan.scenarios.base.Scenario` that ``evaluate``
@@ -11,7 +16,8 @@ on the numbers those give.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,14 +28,48 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from limbscan.config import Config
-from limbscan.data.dataset import Dataset
-from limbscan.data.torchdata import ShardedSampler, class_balanced_sampler
+from limbscan.data.dataset import DATASET_FILE, Dataset
+from limbscan.data.torchdata import JoinedDataset, ShardedSampler, SourceMixSampler, class_balanced_sampler
 from limbscan.scenarios.base import Finding, ImageInput, Scenario, score_images
+
+MAIN, AUXILIARY = "main", "auxiliary"  # a training source's role
+
+
+@dataclass
+class TrainSource:
+    """One dataset's training images: the main dataset's train split, or every image of an
+    auxiliary dataset (whatever split it carries). Image ids are the dataset's own, so an image
+    is always named with its dataset."""
+
+    ds: Dataset
+    images: list[dict]
+    role: str  # MAIN or AUXILIARY
+
+    def provenance(self) -> dict[str, Any]:
+        """What ``train.json``, ``val_scores.json`` and the bundle's manifest say of this source."""
+        from limbscan.utils.files import sha256_file
+
+        path = Path(self.ds.root) / DATASET_FILE
+        parts: dict[str, int] = {}
+        for im in self.images:
+            part = im.get("body_part") or "unknown"
+            parts[part] = parts.get(part, 0) + 1
+        return {
+            "role": self.role,
+            "path": str(Path(self.ds.root).resolve()),
+            "dataset_sha256": sha256_file(path) if path.is_file() else None,
+            "split": "train" if self.role == MAIN else "all",
+            "images": len(self.images),
+            "abnormal": sum(int(im["label"]) for im in self.images),
+            "body_parts": dict(sorted(parts.items())),
+            "synthetic": self.ds.synthetic,
+        }
 
 
 @dataclass
 class RunData:
-    """What every stage of a run shares: the dataset, its train / val images and pixel statistics."""
+    """What every stage of a run shares: the dataset, its train / val images and pixel statistics,
+    and the auxiliary training sources (empty unless ``data.auxiliary`` names some)."""
 
     ds: Dataset
     cfg: Config
@@ -37,10 +77,20 @@ class RunData:
     val_images: list[dict]
     pixel_mean: float
     pixel_std: float
+    auxiliary: list[TrainSource] = field(default_factory=list)
 
     @property
     def cache_side(self) -> int:
         return int(self.cfg.data.cache.longest_side)
+
+    @property
+    def train_sources(self) -> list[TrainSource]:
+        """Every source of training images, the main one first (the order of joined datasets)."""
+        return [TrainSource(self.ds, self.train_images, MAIN), *self.auxiliary]
+
+    def training_data(self) -> list[dict[str, Any]]:
+        """Each source's provenance, main first: the datasets this run trained on."""
+        return [source.provenance() for source in self.train_sources]
 
     def val_inputs(self) -> Iterator[ImageInput]:
         """The validation images as every scenario scores them (pixels from the cache), one by one."""
@@ -87,9 +137,20 @@ def train_loader(
     balance: str,
     collate_fn: Callable | None = None,
 ) -> DataLoader:
-    """One epoch's loader: a function of (seed, epoch, rank) only, so a resumed epoch draws the same batches."""
+    """One epoch's loader: a function of (seed, epoch, rank) only, so a resumed epoch draws the same batches.
+
+    A :class:`~limbscan.data.torchdata.JoinedDataset` (auxiliary data joined) is drawn by a
+    :class:`~limbscan.data.torchdata.SourceMixSampler`: ``data.auxiliary_share`` of each batch
+    auxiliary, classes balanced within each source under ``balance="sampler"``.
+    """
     sampler: Sampler[int]
-    if balance == "sampler":
+    if isinstance(dataset, JoinedDataset):
+        base: Sampler[int] = SourceMixSampler(
+            labels, dataset.sizes, cfg.data.auxiliary_share, balance == "sampler",
+            torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch)),
+        )
+        sampler = ShardedSampler(base, rank, world_size) if world_size > 1 else base
+    elif balance == "sampler":
         # Same generator seed on every rank: all draw one sequence and each keeps its shard.
         base = class_balanced_sampler(labels, None, torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch)))
         sampler = ShardedSampler(base, rank, world_size) if world_size > 1 else base
@@ -157,8 +218,11 @@ class ClassifierStage:
 
 
 __all__ = [
+    "AUXILIARY",
+    "MAIN",
     "ClassifierStage",
     "RunData",
+    "TrainSource",
     "auc_or_none",
     "paper_augment",
     "seed_for",

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from limbscan.data.torchdata import WholeImageDataset, letterbox
+from limbscan.data.torchdata import WholeImageDataset, join_sources, letterbox
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
 from limbscan.scenarios.stage import ClassifierStage, RunData, train_loader, validate_scenario
@@ -56,7 +56,10 @@ class WholeImageStage(ClassifierStage):
     def __init__(self, run: RunData):
         super().__init__(run, run.cfg.classifier.image_size)
         size = run.cfg.classifier.image_size
-        self.train_set = WholeImageDataset(run.ds, run.train_images, run.cache_side, size, self.augment)
+        self.train_set = join_sources([
+            WholeImageDataset(source.ds, source.images, run.cache_side, size, self.augment)
+            for source in run.train_sources
+        ])
         self._set_pos_weight(self.train_set.labels)
 
     def train_loader(self, epoch: int, rank: int, world_size: int) -> DataLoader:

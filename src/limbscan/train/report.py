@@ -22,6 +22,7 @@ SYNTHETIC_BANNER = (
     "> **Trained and validated on SYNTHETIC phantoms, not radiographs.** "
     "These figures show the pipeline runs; they say nothing about real images."
 )
+AUXILIARY_SYNTHETIC_BANNER = "> **The auxiliary training data includes SYNTHETIC phantoms, not radiographs.**"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -30,13 +31,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
     run = RunDir(out)
-    scenarios = json.loads(run.summary.read_text())["scenarios"]
+    summary = json.loads(run.summary.read_text())
+    scenarios = summary["scenarios"]
+    training_data = summary.get("training_data") or []
     history = read_metrics(run.metrics) if run.metrics.is_file() else []
     tree = config_to_dict(cfg)
     model = {name: info(name).describe(tree) for name in names()}
     lines = ["# limbscan training run", ""]
     if ds.synthetic:  # said first, before any number
         lines += [SYNTHETIC_BANNER, ""]
+    elif any(d.get("synthetic") for d in training_data):
+        lines += [AUXILIARY_SYNTHETIC_BANNER, ""]
     lines += [
         "| scenario | model | epochs | best epoch | best validation AUC | training time |",
         "|---|---|---:|---:|---:|---:|",
@@ -61,8 +66,34 @@ def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
         f"{h.get('seconds', 0.0):.1f} |"
         for h in history
     ]
+    data_lines = _training_data_lines(training_data, summary.get("auxiliary_share"))
+    lines += ["", *data_lines] if data_lines else []
     stats = stats_markdown(stats_table(ds), title="Dataset").replace("# Dataset", "## Dataset", 1)
     return "\n".join(lines) + "\n\n" + stats
+
+
+def _training_data_lines(training_data: list[dict], share: float | None) -> list[str]:
+    """Every dataset trained on, its role and hash, and the body parts trained on."""
+    if not training_data:
+        return []
+    lines = [
+        "## Training data",
+        "",
+        "| role | dataset | split used | images | abnormal | body parts | dataset.json sha256 |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for d in training_data:
+        parts = ", ".join(f"{part} {n}" for part, n in (d.get("body_parts") or {}).items())
+        digest = (d.get("dataset_sha256") or "not found")[:16]
+        lines.append(f"| {d['role']} | `{d['path']}` | {d['split']} | {d['images']} | {d['abnormal']} | "
+                     f"{parts} | `{digest}` |")
+    trained_parts = sorted({p for d in training_data for p in d.get("body_parts") or {}})
+    lines += ["", f"Body parts trained on: {', '.join(trained_parts)}."]
+    if len(training_data) > 1:
+        how = "their natural share" if share is None else f"{share:.0%} of each batch"
+        lines.append(f"Auxiliary images are training images of every stage ({how}), never validation or test; "
+                     "pixel statistics and thresholds come from the main dataset.")
+    return lines
 
 
 def write_training_report(out: Path, ds: Dataset, cfg: Config) -> Path:

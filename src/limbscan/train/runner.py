@@ -10,12 +10,18 @@ Every model normalises with the training split's pixel mean and std; class imbal
 by ``train.balance``: ``sampler`` (class-balanced draws, with replacement), ``loss`` (BCE
 ``pos_weight`` = negatives / positives; the detector has no such loss and samples plainly),
 or ``none``.
+
+Auxiliary training data (``data.auxiliary``, ``limbscan train --aux DS``): every image of each
+such dataset joins the training images of every stage, in ``data.auxiliary_share`` of each batch;
+validation, pixel statistics and thresholds stay the main dataset's. ``train.json``,
+``val_scores.json`` and ``report.md`` name every dataset trained on (:meth:`RunData.training_data`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch.distributed as dist
@@ -29,7 +35,7 @@ from limbscan.rundir import RunDir
 from limbscan.scenarios import names as scenario_names_in_order
 from limbscan.scenarios import parse_scenarios, scenario_class
 from limbscan.scenarios.scoring import validation_scores
-from limbscan.scenarios.stage import RunData
+from limbscan.scenarios.stage import AUXILIARY, RunData, TrainSource
 from limbscan.train.checkpoint import seed_everything
 from limbscan.train.engine import FitResult, fit
 from limbscan.train.report import write_training_report
@@ -42,8 +48,12 @@ def scenario_names(scenario: str) -> list[str]:
     return parse_scenarios(scenario)
 
 
-def prepare(ds: Dataset, cfg: Config) -> RunData:
-    """Check the config's values and that the dataset is split; compute the training split's pixel statistics."""
+def prepare(ds: Dataset, cfg: Config, auxiliary: Sequence[Dataset] | None = None) -> RunData:
+    """Check the config's values and that the dataset is split; compute the training split's pixel statistics.
+
+    ``auxiliary``: the datasets of ``cfg.data.auxiliary`` as :func:`load_auxiliary` gives them
+    (default: loaded here); each one's every image is a training image.
+    """
     check_config(cfg)  # a Config changed in Python is checked like a loaded one, before any training
     train_images, val_images = ds.split_images("train"), ds.split_images("val")
     for split, images in (("train", train_images), ("val", val_images)):
@@ -51,8 +61,48 @@ def prepare(ds: Dataset, cfg: Config) -> RunData:
             raise LimbscanError(f"{ds.root}: no {split} images; split the dataset first (`limbscan data split`)")
     if len({int(im["label"]) for im in train_images}) < 2:
         raise LimbscanError(f"{ds.root}: the train split has only one class; nothing to learn")
+    if auxiliary is None:
+        auxiliary = load_auxiliary(cfg, ds)
+    for aux in auxiliary:
+        if not aux.images:
+            raise LimbscanError(f"data.auxiliary: {aux.root}: no image left to train on")
+    # The main training split's statistics, whatever joins it: the models normalise inference
+    # images with them, and inference sees main-dataset images.
     mean, std = pixel_stats(ds, train_images, cfg.data.cache.longest_side)
-    return RunData(ds, cfg, train_images, val_images, mean, max(std, 1e-3))
+    sources = [TrainSource(aux, list(aux.images), AUXILIARY) for aux in auxiliary]
+    return RunData(ds, cfg, train_images, val_images, mean, max(std, 1e-3), sources)
+
+
+def load_auxiliary(cfg: Config, main: Dataset) -> list[Dataset]:
+    """The datasets of ``cfg.data.auxiliary``, refused with a one-line error naming the folder when
+    one is missing, is the main dataset, is listed twice, or holds an image file of the main
+    dataset (whose validation and test images must never be trained on)."""
+    if not cfg.data.auxiliary:
+        return []
+    seen = {main.root.resolve(): f"the main dataset ({main.root})"}
+    main_files = {main.image_path(im).resolve() for im in main.images}
+    found = []
+    for given in cfg.data.auxiliary:
+        path = Path(given)
+        if not path.exists():
+            raise LimbscanError(f"data.auxiliary: {given}: no such dataset folder")
+        try:
+            aux = Dataset.load(path)
+        except LimbscanError as err:
+            raise LimbscanError(f"data.auxiliary: {err}") from err
+        root = aux.root.resolve()
+        if root in seen:
+            raise LimbscanError(f"data.auxiliary: {given} is {seen[root]}; a dataset joins training once")
+        seen[root] = f"listed already as {given}"
+        shared = [im for im in aux.images if aux.image_path(im).resolve() in main_files]
+        if shared:
+            raise LimbscanError(
+                f"data.auxiliary: {given} holds {len(shared)} image file(s) of the main dataset {main.root} "
+                f"(first: {aux.image_path(shared[0])}); import it without them "
+                "(FracAtlas: `limbscan data import fracatlas ROOT -o DS --exclude-parts leg,hip`)"
+            )
+        found.append(aux)
+    return found
 
 
 def cached_dataset(ds: Dataset, cfg: Config, info: DistInfo, progress: bool = True) -> Dataset:
@@ -80,9 +130,11 @@ def make_stage(name: str, run: RunData, out: str | Path, resume: bool = False, p
     return scenario_class(name).make_stage(run, RunDir(out), resume, progress)
 
 
-def write_val_scores(out: Path, run: RunData) -> Path:
+def write_val_scores(out: Path, run: RunData, training_data: list[dict] | None = None) -> Path:
     path = RunDir(out).val_scores
-    write_json_atomic(path, validation_scores(out, run.ds, run.val_images, run.train_images))
+    train_images = [im for source in run.train_sources for im in source.images]
+    write_json_atomic(path, validation_scores(out, run.ds, run.val_images, train_images,
+                                              training_data or run.training_data()))
     return path
 
 
@@ -102,7 +154,12 @@ def train(
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed()
     try:
-        run = prepare(cached_dataset(Dataset.load(ds_path), cfg, info, progress), cfg)
+        main = Dataset.load(ds_path)
+        auxiliary = load_auxiliary(cfg, main)  # refused before any image is decoded
+        run = prepare(
+            cached_dataset(main, cfg, info, progress), cfg,
+            [cached_dataset(aux, cfg, info, progress) for aux in auxiliary],
+        )
         results: dict[str, FitResult] = {}
         for name in names:
             # Each stage starts from the same seed, so it builds the same initial model whether or
@@ -121,14 +178,17 @@ def train(
                        "checkpoint": folder.best(name).relative_to(out).as_posix()}
                 for name, r in results.items()
             })
+            training_data = run.training_data()
             write_json_atomic(folder.summary, {
                 "scenarios": {name: scenarios[name] for name in scenario_names_in_order() if name in scenarios},
                 "pixel_mean": run.pixel_mean,
                 "pixel_std": run.pixel_std,
-                "train_images": len(run.train_images),
+                "train_images": len(run.train_images),  # the main dataset's
                 "val_images": len(run.val_images),
+                "auxiliary_share": cfg.data.auxiliary_share if run.auxiliary else None,
+                "training_data": training_data,
             })
-            write_val_scores(out, run)
+            write_val_scores(out, run, training_data)
             write_training_report(out, run.ds, cfg)
         return results
     finally:
@@ -138,6 +198,7 @@ def train(
 
 __all__ = [
     "cached_dataset",
+    "load_auxiliary",
     "make_stage",
     "prepare",
     "scenario_names",

@@ -8,16 +8,25 @@
     ROOT/Annotations/COCO JSON/COCO_fracture_masks.json   fracture polygons + boxes
 
 FracAtlas has no patient ids, so every image is its own patient (``patient_id`` None).
-An image tagged both leg and hip is filed as ``hip``: such images show the hip joint or
-pelvis together with the femur, and the hip is what the study is about; both tags remain
-in ``attributes`` so nothing is lost.
+
+Body part, from dataset.csv's hand / leg / hip / shoulder / mixed columns: an image tagged hip
+is ``hip`` (also when tagged leg: such images show the hip joint or pelvis together with the
+femur, and the hip is what the study is about), else one tagged leg is ``leg``; the rest are
+``hand``, ``shoulder``, or ``mixed`` where tagged with both; an image tagged with none, or
+missing from dataset.csv, has none (``unknown``). Every tag stays in ``attributes``.
+
+``parts`` / ``exclude_parts`` keep a subset by that body part, so one FracAtlas download gives
+limbscan's division: ``parts=("leg", "hip")`` the main (lower-limb) dataset,
+``exclude_parts=("leg", "hip")`` the auxiliary training data. Images left out are decoded by
+nobody and said in one warning line per part.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 from limbscan.data.dataset import DatasetBuilder
@@ -47,16 +56,25 @@ CITATION = {
 }
 # dataset.csv columns that are not image attributes: the key, and the label (taken from the folder).
 _NOT_ATTRIBUTES = {"image_id", "fractured"}
+UNKNOWN = "unknown"  # the body part of an image dataset.csv tags with none
+# Every body part an import can give, for parts / exclude_parts.
+FRACATLAS_PARTS = ("leg", "hip", "hand", "shoulder", "mixed", UNKNOWN)
 
 
 def import_fracatlas(
-    root: Path, out: Path, progress: bool = True, skip_truncated: bool = False
+    root: Path,
+    out: Path,
+    progress: bool = True,
+    skip_truncated: bool = False,
+    parts: Collection[str] | None = None,
+    exclude_parts: Collection[str] | None = None,
 ) -> ImportResult:
-    """Import a FracAtlas tree at ``root`` into the dataset folder ``out``."""
+    """Import a FracAtlas tree at ``root`` into the dataset folder ``out``; with ``parts`` only the
+    images of those body parts, with ``exclude_parts`` all but those (``unknown``: untagged)."""
+    keep = _part_filter(parts, exclude_parts)
     root = require_dir(Path(root), "FracAtlas root")
     images_dir = require_dir(root / "images", "FracAtlas images folder")
     tags = _read_tags(root / "dataset.csv")
-    builder = DatasetBuilder(Path(out), source="fracatlas", description="FracAtlas, lower-limb subset")
 
     files: list[tuple[Path, int]] = []
     for folder, label in LABEL_FOLDERS.items():
@@ -65,6 +83,20 @@ def import_fracatlas(
     if not files:
         raise LimbscanError(f"{images_dir}: no images in {' or '.join(LABEL_FOLDERS)}")
     files.sort(key=lambda item: (item[0].name, item[0]))  # ids follow FracAtlas' own numbering
+    part_of = {p.name: _body_part(tags.get(p.name, {})) or UNKNOWN for p, _ in files}
+    left_out = [name for name in part_of if keep is not None and part_of[name] not in keep]
+    if left_out:
+        files = [(p, label) for p, label in files if part_of[p.name] in keep]
+        if not files:
+            counts = ", ".join(f"{part} {n}" for part, n in sorted(Counter(part_of.values()).items()))
+            raise LimbscanError(f"{root}: no images of the body parts kept ({', '.join(sorted(keep))}); "
+                                f"found {counts}")
+    kept_parts = sorted({part_of[p.name] for p, _ in files})
+    builder = DatasetBuilder(Path(out), source="fracatlas", description=f"FracAtlas: {', '.join(kept_parts)}")
+    # One line per body part left out, not one per file.
+    for part, n in sorted(Counter(part_of[name] for name in left_out).items()):
+        builder.warnings.append(Skipped(str(root), f"{n} {part} image(s) left out (body parts kept: "
+                                                   f"{', '.join(sorted(keep or ()))})"))
 
     ids_by_name: dict[str, int] = {}
     probed = probe_images([p for p, _ in files], progress, "Reading FracAtlas images")
@@ -86,8 +118,24 @@ def import_fracatlas(
         if image_id is not None:
             ids_by_name[path.name] = image_id
 
-    _add_annotations(builder, root / COCO_FILE, ids_by_name)
+    _add_annotations(builder, root / COCO_FILE, ids_by_name, set(left_out))
     return finish(builder, root, {"dataset": CITATION})
+
+
+def _part_filter(parts: Collection[str] | None, exclude_parts: Collection[str] | None) -> set[str] | None:
+    """The body parts to keep, or None for all; a name FracAtlas cannot give is an error."""
+    if parts is not None and exclude_parts is not None:
+        raise LimbscanError("fracatlas: give the body parts to keep or the ones to leave out, not both")
+    given = parts if parts is not None else exclude_parts
+    if given is None:
+        return None
+    names = {str(p).strip().lower() for p in given} - {""}
+    if not names:
+        raise LimbscanError(f"fracatlas: no body part named (choose from {', '.join(FRACATLAS_PARTS)})")
+    unknown = sorted(names - set(FRACATLAS_PARTS))
+    if unknown:
+        raise LimbscanError(f"fracatlas: body part {unknown[0]!r} is not one of {', '.join(FRACATLAS_PARTS)}")
+    return names if parts is not None else set(FRACATLAS_PARTS) - names
 
 
 def _read_tags(path: Path) -> dict[str, dict[str, int]]:
@@ -116,11 +164,17 @@ def _body_part(row: dict[str, int]) -> str | None:
         return "hip"
     if row.get("leg"):
         return "leg"
-    return None
+    upper = [part for part in ("hand", "shoulder") if row.get(part)]
+    if len(upper) > 1 or (row.get("mixed") and not upper):
+        return "mixed"
+    return upper[0] if upper else None
 
 
-def _add_annotations(builder: DatasetBuilder, path: Path, ids_by_name: dict[str, int]) -> None:
-    """Add every polygon/box whose image was imported; list the rest as skipped."""
+def _add_annotations(
+    builder: DatasetBuilder, path: Path, ids_by_name: dict[str, int], left_out: Collection[str] = ()
+) -> None:
+    """Add every polygon/box whose image was imported; list the rest as skipped, except those of
+    images left out by body part (already said once per part)."""
     if not path.is_file():
         builder.warnings.append(Skipped(str(path), "annotation file not found: no lesion boxes"))
         return
@@ -144,6 +198,8 @@ def _add_annotations(builder: DatasetBuilder, path: Path, ids_by_name: dict[str,
         coco_image = coco_images[coco_id]
         name = Path(str(coco_image.get("file_name", ""))).name
         image_id = ids_by_name.get(name)
+        if image_id is None and name in left_out:
+            continue
         if image_id is None:
             builder.skip(path, f"{len(anns)} annotation(s) name {name}, which was not imported "
                          "(missing or skipped)")

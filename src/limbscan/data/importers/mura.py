@@ -58,7 +58,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
             if lower_limb_only:
                 left_out[raw_part] += 1
                 continue
-            body_part = raw_part  # outside BODY_PARTS, kept by request
+            body_part = raw_part  # outside LOWER_LIMB_PARTS, kept by request
         patient = next((p for p in parts if _PATIENT.match(p)), None)
         entries.append((path, label, body_part, PATIENT_PREFIX + patient if patient else None))
 
