@@ -445,9 +445,12 @@ def predict_cmd(
     summary = run_predict(bundle, paths, out, scenario=scenario, batch_size=batch_size, overlays=overlays,
                           gradcam=gradcam, dicom_out=kinds, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table
-        table = Table(title=f"{summary.scenario}, threshold {summary.threshold:.3f}", show_header=False)
+        suspected = "" if summary.suspected_threshold is None else f", suspected from {summary.suspected_threshold:.3f}"
+        table = Table(title=f"{summary.scenario}, likely from {summary.threshold:.3f}{suspected}", show_header=False)
         table.add_row("images scored", str(summary.n_scored))
-        table.add_row("abnormal at the operating point", str(summary.n_abnormal))
+        table.add_row("likely abnormal (balanced point)", str(summary.n_abnormal))
+        if summary.suspected_threshold is not None:
+            table.add_row("suspected (high-sensitivity point only)", str(summary.n_suspected))
         table.add_row("errors (skipped files)", f"{summary.n_errors}" + (f"  ({out / ERRORS})" if summary.n_errors else ""))
         table.add_row("worklist", str(out / WORKLIST))
         if overlays:
