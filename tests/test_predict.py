@@ -202,7 +202,10 @@ def test_collect_inputs_refuses_nothing_to_score(tmp_path, inputs):
 
 
 def test_gradcam_and_dicom_outputs(model, inputs, tmp_path):
+    import highdicom as hd
     import pydicom
+
+    from limbscan.io.dicom_out import LEVEL, LEVEL_CODES
 
     scans = inputs / "scans"
     files = [str(scans / "Doe^John_123456.png"), str(scans / "ward b" / "Poe^Ann_777.dcm")]
@@ -216,6 +219,10 @@ def test_gradcam_and_dicom_outputs(model, inputs, tmp_path):
     assert len(written) == 2 and all(p.parent == out / "dicom" for p in written)
     sop_classes = {pydicom.dcmread(p).SOPClassUID.name for p in written}
     assert any("Secondary Capture" in c for c in sop_classes) and any("SR" in c for c in sop_classes)
+    (sr,) = [p for p in written if pydicom.dcmread(p).Modality == "SR"]
+    group = hd.sr.srread(sr).content.get_image_measurement_groups()[0]
+    (level,) = group.get_qualitative_evaluations(name=LEVEL)
+    assert level.value == LEVEL_CODES[records[".dcm"]["level"]]  # the level predictions.jsonl gives
     for r in records.values():  # the heatmap changed the overlay
         a = np.asarray(Image.open(out / r["overlay"]).convert("RGB"))
         b = np.asarray(Image.open(tmp_path / "plain" / r["overlay"]).convert("RGB"))
