@@ -107,3 +107,33 @@ def pytest_configure(config):
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def with_operating_points(tmp_path_factory):
+    """``make(bundle, likely, suspected)``: a copy of ``bundle`` whose manifest stores these two
+    thresholds for every scenario, so a test can put images on each side of them. ``suspected``
+    None strips the operating points (and ``likely`` None keeps the stored thresholds): the
+    manifest of a bundle exported before operating points existed. bundle.json is not among
+    the files it hashes, so the copy loads."""
+    import json
+    import shutil
+
+    def make(bundle: Path, likely: float | None, suspected: float | None) -> Path:
+        dst = tmp_path_factory.mktemp("operating_points") / Path(bundle).name
+        shutil.copytree(bundle, dst)
+        manifest = json.loads((dst / "bundle.json").read_text())
+        if likely is not None:
+            manifest["thresholds"] = {name: likely for name in manifest["scenarios"]}
+        if suspected is None:
+            manifest.pop("operating_points", None)
+            manifest.pop("suspected_sensitivity", None)
+        else:
+            for name in manifest["scenarios"]:
+                points = manifest["operating_points"][name]
+                points["likely"]["threshold"] = manifest["thresholds"][name]
+                points["suspected"]["threshold"] = suspected
+        (dst / "bundle.json").write_text(json.dumps(manifest, indent=1))
+        return dst
+
+    return make

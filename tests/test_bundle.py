@@ -12,7 +12,8 @@ import pytest
 
 from limbscan.bundle import BUNDLE_FORMAT, MANIFEST, export_bundle, read_manifest
 from limbscan.errors import BadInputError, LimbscanError
-from limbscan.eval.metrics import choose_threshold
+from limbscan.eval.metrics import binary_metrics, choose_threshold
+from limbscan.operating_points import choose_operating_points
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,72 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
     assert all(_sha256(bundle / rel) == digest for rel, digest in m["files"].items())
     # nothing left beside the bundle from the atomic write
     assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]
+
+
+def test_manifest_holds_both_operating_points_chosen_on_validation(bundle, tiny_run):
+    _, run = tiny_run
+    m = read_manifest(bundle)
+    val = json.loads((run / "val_scores.json").read_text())
+    labels = np.asarray(val["labels"])
+    assert m["suspected_sensitivity"] == 0.95 and set(m["operating_points"]) == set(m["scenarios"])
+    for name in m["scenarios"]:
+        scores = np.asarray(val["scores"][name])
+        likely, suspected = m["operating_points"][name]["likely"], m["operating_points"][name]["suspected"]
+        assert likely["threshold"] == m["thresholds"][name] and likely["rule"] == "youden"
+        assert suspected["rule"] == "sensitivity>=0.95" and suspected["threshold"] <= likely["threshold"]
+        for point in (likely, suspected):  # what the manifest says of validation is what validation gives
+            at = binary_metrics(labels, scores, point["threshold"])
+            assert (point["val_sensitivity"], point["val_specificity"]) == (at.sensitivity, at.specificity)
+        # the target is met on validation, or the note says why the point is degenerate there
+        assert binary_metrics(labels, scores, suspected["threshold"]).sensitivity >= 0.95
+        if suspected["threshold"] <= scores.min():
+            assert "only at the lowest validation score" in suspected["note"]
+        assert m["operating_points"][name] == json.loads(json.dumps(choose_operating_points(labels, scores)))
+
+
+def test_suspected_sensitivity_is_configurable_and_checked(tiny_run, tmp_path):
+    _, run = tiny_run
+    out = export_bundle(run, tmp_path / "half.limbscan", suspected_sensitivity=0.5)
+    m = read_manifest(out)
+    val = json.loads((run / "val_scores.json").read_text())
+    assert m["suspected_sensitivity"] == 0.5
+    for name in m["scenarios"]:
+        suspected = m["operating_points"][name]["suspected"]
+        assert suspected["rule"] == "sensitivity>=0.5"
+        want = min(choose_threshold(val["labels"], val["scores"][name], target_sensitivity=0.5), m["thresholds"][name])
+        assert suspected["threshold"] == want
+    with pytest.raises(LimbscanError, match=r"suspected_sensitivity must be a sensitivity in \(0, 1\]"):
+        export_bundle(run, tmp_path / "bad.limbscan", suspected_sensitivity=1.2)
+    assert not (tmp_path / "bad.limbscan").exists()
+
+
+def test_operating_points_out_of_order_or_disagreeing_are_refused(bundle, with_operating_points):
+    likely = read_manifest(bundle)["thresholds"]["cascade"]
+    with pytest.raises(BadInputError, match="suspected threshold .* lies above its likely one"):
+        read_manifest(with_operating_points(bundle, likely, likely + 0.1))
+    edited = with_operating_points(bundle, None, 0.0)
+    m = json.loads((edited / MANIFEST).read_text())
+    m["thresholds"]["cascade"] += 0.01
+    (edited / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BadInputError, match="likely threshold .* differs from its entry in thresholds"):
+        read_manifest(edited)
+
+
+def test_a_bundle_without_operating_points_still_loads_and_predicts(bundle, tiny_run, with_operating_points):
+    from limbscan.data.dataset import Dataset
+    from limbscan.inference import load
+
+    old = with_operating_points(bundle, None, None)  # the manifest of a bundle exported before them
+    m = read_manifest(old)
+    assert "operating_points" not in m and m["thresholds"] == read_manifest(bundle)["thresholds"]
+    model = load(old)
+    assert model.thresholds() == (m["thresholds"]["cascade"], None) and model.suspected_threshold() is None
+    root, _ = tiny_run
+    ds = Dataset.load(root)
+    preds = model.predict([ds.image_path(im) for im in ds.split_images("test")], masks=False)
+    for p in preds:
+        assert p.suspected_threshold is None and p.to_json()["suspected_threshold"] is None
+        assert p.level == ("likely" if p.probability >= p.threshold else "normal")
 
 
 def test_checkpoints_keep_weights_only_and_still_load(bundle, tiny_run):
@@ -157,12 +224,46 @@ def test_evaluate_uses_the_bundles_thresholds(bundle, tiny_run, tmp_path):
     shutil.copytree(bundle, moved)
     m = json.loads((moved / MANIFEST).read_text())
     m["thresholds"] = {name: 0.5 + 0.01 * i for i, name in enumerate(m["scenarios"])}
+    for i, name in enumerate(m["scenarios"]):
+        m["operating_points"][name]["likely"]["threshold"] = m["thresholds"][name]
+        m["operating_points"][name]["suspected"]["threshold"] = 0.2 + 0.01 * i
     (moved / MANIFEST).write_text(json.dumps(m))
     metrics = evaluate(moved, root, "test", tmp_path / "report", n_boot=20, gallery=False, progress=False)
     assert {n: s["threshold"] for n, s in metrics["scenarios"].items()} == m["thresholds"]
     assert metrics["threshold_method"] == "youden" and (tmp_path / "report" / "metrics.json").is_file()
+    assert metrics["suspected_sensitivity"] == 0.95
+    # Each point's sensitivity and specificity are the reported split's, at the stored threshold.
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    rows = (tmp_path / "report" / "scores.csv").read_text().splitlines()
+    header, rows = rows[0].split(","), [r.split(",") for r in rows[1:]]
+    labels = np.array([int(r[1]) for r in rows])
+    for name, s in saved["scenarios"].items():
+        scores = np.array([float(r[header.index(name)]) for r in rows])
+        for level in ("likely", "suspected"):
+            point = s["operating_points"][level]
+            assert point["threshold"] == m["operating_points"][name][level]["threshold"]
+            at = binary_metrics(labels, scores, point["threshold"])
+            assert (point["sensitivity"], point["specificity"]) == (at.sensitivity, at.specificity)
+            assert point["confusion"] == {"tp": at.tp, "fn": at.fn, "fp": at.fp, "tn": at.tn}
+        assert s["operating_points"]["likely"]["sensitivity"] == s["sensitivity"]  # the balanced point's keys stay
     with pytest.raises(LimbscanError, match="export the run again"):
         evaluate(moved, root, "test", None, target_sensitivity=0.9, n_boot=20, gallery=False, progress=False)
+    with pytest.raises(LimbscanError, match="--suspected-sensitivity 0.9"):
+        evaluate(moved, root, "test", None, suspected_sensitivity=0.9, n_boot=20, gallery=False, progress=False)
+
+
+def test_evaluate_reports_only_the_likely_point_of_a_bundle_without_operating_points(
+        bundle, tiny_run, tmp_path, with_operating_points):
+    from limbscan.eval.evaluate import evaluate
+
+    root, _ = tiny_run
+    old = with_operating_points(bundle, None, None)
+    metrics = evaluate(old, root, "test", tmp_path / "report", n_boot=20, gallery=False, progress=False)
+    assert metrics["suspected_sensitivity"] is None
+    for s in metrics["scenarios"].values():
+        assert s["operating_points"]["suspected"] is None
+        assert s["operating_points"]["likely"]["threshold"] == s["threshold"]
+    assert "No suspected point for whole-image, detector, cascade" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_cli_export_prints_scenarios_and_thresholds(tiny_run, tmp_path):
@@ -177,6 +278,11 @@ def test_cli_export_prints_scenarios_and_thresholds(tiny_run, tmp_path):
     m = read_manifest(out)
     for name in m["scenarios"]:
         assert name in result.output and f"{m['thresholds'][name]:.4f}" in result.output
+        assert f"{m['operating_points'][name]['suspected']['threshold']:.4f}" in result.output
+    half = CliRunner().invoke(app, ["export", str(run), "-o", str(tmp_path / "half.limbscan"), "-q",
+                                    "--suspected-sensitivity", "0.5"])
+    assert half.exit_code == 0, half.output
+    assert read_manifest(tmp_path / "half.limbscan")["suspected_sensitivity"] == 0.5
     again = CliRunner().invoke(app, ["export", str(run), "-o", str(out), "-q"])
     assert again.exit_code != 0 and "already exists" in str(again.exception)
 
@@ -208,3 +314,19 @@ def test_onnx_export_agrees_with_torch(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(LimbscanError, match="differ from PyTorch"):
         export_bundle(run, tmp_path / "bad.limbscan", onnx=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx.limbscan"]
+
+
+def test_cli_evaluate_prints_both_operating_points(bundle, tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from limbscan.cli import app
+
+    root, _ = tiny_run
+    result = CliRunner().invoke(app, ["evaluate", str(bundle), str(root), "-o", str(tmp_path / "report"),
+                                      "--n-boot", "20", "-q"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines at the terminal's width
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    for name, s in metrics["scenarios"].items():
+        low = s["operating_points"]["suspected"]
+        assert f"{name}, suspected point: sensitivity" in said and f"at threshold {low['threshold']:.3f}" in said

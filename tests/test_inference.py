@@ -137,6 +137,37 @@ def test_one_scenario_runs_only_what_it_needs(model, sample, predicted):
         model.predict(paths, scenario="nonsense")
 
 
+def test_level_is_the_probability_against_the_bundles_two_thresholds(model, predicted):
+    likely, suspected = model.thresholds()
+    assert (likely, suspected) == (model.manifest["thresholds"]["cascade"],
+                                   model.manifest["operating_points"]["cascade"]["suspected"]["threshold"])
+    assert suspected <= likely
+    for p in predicted:
+        assert (p.threshold, p.suspected_threshold) == (likely, suspected)
+        want = "likely" if p.probability >= likely else "suspected" if p.probability >= suspected else "normal"
+        assert p.level == want and (p.label == "abnormal") == (want == "likely")
+
+
+def test_all_three_levels_from_thresholds_between_the_probabilities(bundle, sample, predicted, with_operating_points):
+    from limbscan.inference import load
+
+    ds, images = sample
+    probabilities = sorted(p.probability for p in predicted)
+    # thresholds halfway between neighbouring probabilities: every level gets at least one image
+    likely = (probabilities[-3] + probabilities[-4]) / 2
+    suspected = (probabilities[2] + probabilities[3]) / 2
+    assert probabilities[2] < suspected < likely < probabilities[-3]
+    model = load(with_operating_points(bundle, likely, suspected))
+    preds = model.predict([ds.image_path(im) for im in images], scenario="all", batch_size=3, masks=False)
+    levels = [p.level for p in preds]
+    assert sorted(set(levels)) == ["likely", "normal", "suspected"]
+    for p in preds:
+        want = "likely" if p.probability >= likely else "suspected" if p.probability >= suspected else "normal"
+        assert p.level == want and p.label == ("abnormal" if want == "likely" else "normal")
+        record = json.loads(json.dumps(p.to_json()))
+        assert (record["level"], record["threshold"], record["suspected_threshold"]) == (want, likely, suspected)
+
+
 def test_to_json_is_plain_json_and_masks_decode(predicted):
     from pycocotools import mask as mask_utils
 

@@ -8,9 +8,17 @@ from limbscan.inference import Detection, Prediction
 from limbscan.overlay import render_overlay, save_png
 
 
-def _prediction(detections, label="abnormal", probability=0.87, file="Doe^John_123456.dcm") -> Prediction:
+def _prediction(detections, label="abnormal", probability=0.87, file="Doe^John_123456.dcm",
+                suspected_threshold=None) -> Prediction:
     return Prediction(file=file, scenario="cascade", probability=probability, threshold=0.5, label=label,
-                      scores={"cascade": probability}, detections=detections, width=1200, height=800)
+                      scores={"cascade": probability}, detections=detections, width=1200, height=800,
+                      suspected_threshold=suspected_threshold)
+
+
+def _runs(flags: np.ndarray) -> list[int]:
+    """Lengths of the runs of True in a 1-D boolean array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(int), [0]]))
+    return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
 
 
 def _is_red(rgb: np.ndarray) -> np.ndarray:
@@ -89,3 +97,46 @@ def test_save_png_round_trips_atomically(tmp_path, grey):
     with pytest.raises(ValueError, match="uint8"):
         save_png(rgb.astype(np.float32), tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize(("probability", "label", "level"), [(0.87, "abnormal", "likely"), (0.3, "normal", "suspected"),
+                                                             (0.1, "normal", "normal")])
+def test_the_boxs_line_says_the_level(grey, probability, label, level):
+    box = [300.0, 200.0, 700.0, 600.0]
+    pred = _prediction([Detection(box, 0.9, None)], label=label, probability=probability, suspected_threshold=0.2)
+    assert pred.level == level
+    rgb = render_overlay(grey, pred, max_side=1200)  # scale 1: line width 3, the best box 6
+    bottom = _is_red(rgb[598, 300:700])  # a row inside the bottom edge, corner to corner
+    left = _is_red(rgb[200:600, 301])
+    runs = _runs(bottom)
+    if level == "likely":
+        assert bottom.all() and left.all()  # solid
+    elif level == "suspected":
+        assert len(runs) > 3 and min(runs[:-1]) >= 20 and not bottom.all()  # dashes of 5 line widths
+        assert not left.all() and bottom[0] and left[0]  # every edge starts on a dash: the corners show
+    else:
+        assert len(runs) > 10 and max(runs) <= 6  # dots of one line width
+    assert not _is_red(rgb[400, 500])  # nothing drawn inside
+
+
+def test_caption_says_the_level_in_its_colour(grey):
+    from limbscan.overlay import _caption
+
+    dets = [Detection([300.0, 200.0, 700.0, 600.0], 0.9, None)]
+    likely = _prediction(dets, suspected_threshold=0.2)
+    suspected = _prediction(dets, label="normal", probability=0.3, suspected_threshold=0.2)
+    normal = _prediction(dets, label="normal", probability=0.1, suspected_threshold=0.2)
+    assert _caption(likely) == "likely abnormal 0.87 (cascade)"
+    assert _caption(suspected) == "suspected abnormal 0.30 (cascade)"
+    assert _caption(normal) == "normal 0.10 (cascade)"
+    top = slice(0, 40)
+
+    def amber(rgb):
+        return (rgb[..., 0] > 200) & (rgb[..., 1] > 120) & (rgb[..., 1] < 220) & (rgb[..., 2] < 60)
+
+    a, b, c = (render_overlay(grey, p, max_side=1200)[top, :600] for p in (likely, suspected, normal))
+    assert _is_red(a).any() and not amber(a).any()
+    assert amber(b).any() and not _is_red(b).any()
+    assert not _is_red(c).any() and not amber(c).any() and (c == 255).all(axis=-1).any()
+    # no suspected threshold (a bundle exported before them): 0.3 is below the one threshold, normal
+    assert _prediction(dets, label="normal", probability=0.3).level == "normal"

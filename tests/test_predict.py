@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from limbscan.errors import LimbscanError
-from limbscan.predict import collect_inputs, run_predict
+from limbscan.operating_points import level_of
+from limbscan.predict import WORKLIST_COLUMNS, collect_inputs, run_predict
 
 # Names like the ones hospital exports carry: none may reach an output's name.
 IDENTIFYING = ["Doe^John_123456", "Roe^Jane_654321", "Poe^Ann_777", "Moe^Max_888"]
@@ -89,9 +90,12 @@ def test_scores_the_good_files_and_lists_the_bad_with_a_reason(predicted, inputs
     assert errors["truncated.dcm"]
     assert (summary.n_inputs, summary.n_scored, summary.n_errors) == (7, 4, 3)
     assert summary.n_abnormal == sum(r["label"] == "abnormal" for r in records)
+    assert summary.n_suspected == sum(r["level"] == "suspected" for r in records)
     for r in records:
         assert r["scenario"] == summary.scenario == "cascade"
         assert r["label"] == ("abnormal" if r["probability"] >= r["threshold"] else "normal")
+        assert r["level"] == level_of(r["probability"], r["threshold"], r["suspected_threshold"])
+        assert (r["threshold"], r["suspected_threshold"]) == (summary.threshold, summary.suspected_threshold)
     saved = json.loads((out / "summary.json").read_text())
     assert saved["n_scored"] == 4 and saved["bundle"]["default_scenario"] == "cascade"
     assert "files" not in saved["bundle"] and saved["seconds"] > 0
@@ -111,14 +115,35 @@ def test_worklist_is_sorted_most_likely_abnormal_first(predicted):
     out, _ = predicted
     rows = _worklist(out / "worklist.csv")
     assert list(rows[0]) == ["rank", "file", "body_part", "probability", "label", "scenario", "n_detections",
-                             "overlay"]
+                             "overlay", "level"] == list(WORKLIST_COLUMNS)
     probabilities = [float(r["probability"]) for r in rows]
     assert probabilities == sorted(probabilities, reverse=True)
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
     by_file = {r["file"]: r for r in _jsonl(out / "predictions.jsonl")}
     for row in rows:
         assert row["label"] == by_file[row["file"]]["label"]
+        assert row["level"] == by_file[row["file"]]["level"]
         assert int(row["n_detections"]) == len(by_file[row["file"]]["detections"])
+
+
+def test_worklist_predictions_and_summary_carry_all_three_levels(predicted, bundle, inputs, with_operating_points,
+                                                                 tmp_path):
+    out, _ = predicted
+    p = sorted(float(r["probability"]) for r in _jsonl(out / "predictions.jsonl"))
+    likely, suspected = (p[2] + p[3]) / 2, (p[0] + p[1]) / 2  # one likely, two suspected, one normal
+    assert p[0] < suspected < p[1] and p[2] < likely < p[3]
+    summary = run_predict(with_operating_points(bundle, likely, suspected), [str(inputs / "scans")], tmp_path,
+                          progress=False)
+    records = _jsonl(tmp_path / "predictions.jsonl")
+    assert sorted(r["level"] for r in records) == ["likely", "normal", "suspected", "suspected"]
+    rows = _worklist(tmp_path / "worklist.csv")
+    assert [r["level"] for r in rows] == ["likely", "suspected", "suspected", "normal"]  # sorted by probability
+    assert [r["label"] for r in rows] == ["abnormal", "normal", "normal", "normal"]
+    assert (summary.threshold, summary.suspected_threshold) == (likely, suspected)
+    assert (summary.n_abnormal, summary.n_suspected) == (1, 2)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert (saved["n_abnormal"], saved["n_suspected"], saved["n_normal"]) == (1, 2, 3)
+    assert sum(part["n_suspected"] for part in saved["by_body_part"].values()) == 2
 
 
 def test_overlays_are_pngs_of_the_image_with_the_top_box_in_red(predicted):
@@ -130,8 +155,9 @@ def test_overlays_are_pngs_of_the_image_with_the_top_box_in_red(predicted):
         assert rgb.shape == (r["height"], r["width"], 3)  # phantoms are under max_side: full size
         x0, y0, x1, y1 = (round(v) for v in r["detections"][0]["box"])
         x1, y1 = min(x1, r["width"]) - 1, min(y1, r["height"]) - 1
-        bottom_edge = rgb[max(0, y1 - 2) : y1 + 1, (x0 + x1) // 2]
-        red = (bottom_edge[:, 0] > 200) & (bottom_edge[:, 1] < 60) & (bottom_edge[:, 2] < 60)
+        # the whole bottom edge: a suspected or normal image's box is dashed or dotted (tests/test_overlay.py)
+        bottom_edge = rgb[max(0, y1 - 2) : y1 + 1, x0 : x1 + 1]
+        red = (bottom_edge[..., 0] > 200) & (bottom_edge[..., 1] < 60) & (bottom_edge[..., 2] < 60)
         assert red.any(), r["overlay"]
 
 
@@ -176,7 +202,10 @@ def test_collect_inputs_refuses_nothing_to_score(tmp_path, inputs):
 
 
 def test_gradcam_and_dicom_outputs(model, inputs, tmp_path):
+    import highdicom as hd
     import pydicom
+
+    from limbscan.io.dicom_out import LEVEL, LEVEL_CODES
 
     scans = inputs / "scans"
     files = [str(scans / "Doe^John_123456.png"), str(scans / "ward b" / "Poe^Ann_777.dcm")]
@@ -190,6 +219,10 @@ def test_gradcam_and_dicom_outputs(model, inputs, tmp_path):
     assert len(written) == 2 and all(p.parent == out / "dicom" for p in written)
     sop_classes = {pydicom.dcmread(p).SOPClassUID.name for p in written}
     assert any("Secondary Capture" in c for c in sop_classes) and any("SR" in c for c in sop_classes)
+    (sr,) = [p for p in written if pydicom.dcmread(p).Modality == "SR"]
+    group = hd.sr.srread(sr).content.get_image_measurement_groups()[0]
+    (level,) = group.get_qualitative_evaluations(name=LEVEL)
+    assert level.value == LEVEL_CODES[records[".dcm"]["level"]]  # the level predictions.jsonl gives
     for r in records.values():  # the heatmap changed the overlay
         a = np.asarray(Image.open(out / r["overlay"]).convert("RGB"))
         b = np.asarray(Image.open(tmp_path / "plain" / r["overlay"]).convert("RGB"))

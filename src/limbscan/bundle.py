@@ -3,14 +3,24 @@
 A bundle mirrors a run folder, so everything that scores a run (``score_run``, ``limbscan
 evaluate``) scores a bundle too::
 
-    bundle.json            the manifest: thresholds, preprocessing, sha256 of every other file
+    bundle.json            the manifest: operating points, preprocessing, sha256 of every other file
     config.yaml            the run's resolved config
     val_scores.json        the validation scores the thresholds were chosen on
     <scenario>/best.pt     weights and what rebuilding the model needs; no optimizer state
     onnx/<scenario>.onnx   with ``--onnx``: the classifiers (and the detector where it exports)
 
-The operating threshold of each scenario is chosen here, once, on the run's validation scores,
-and stored: every later use of the bundle (predict, serve, evaluate) applies the same one.
+The operating points of each scenario are chosen here, once, on the run's validation scores,
+and stored: every later use of the bundle (predict, serve, evaluate) applies the same ones.
+``thresholds`` holds the balanced ("likely") one, as bundles have from the start;
+``operating_points`` adds the high-sensitivity ("suspected") one (:mod:`limbscan.operating_points`)::
+
+    "operating_points": {"cascade": {
+        "likely":    {"threshold": 0.20, "rule": "youden", "val_sensitivity": 0.83, "val_specificity": 0.90},
+        "suspected": {"threshold": 0.06, "rule": "sensitivity>=0.95", "val_sensitivity": 1.0,
+                      "val_specificity": 0.41, "target_sensitivity": 0.95, "note": null}}}
+
+A bundle without ``operating_points`` (exported before they existed) still loads, with no
+suspected threshold; the format number did not change, since nothing older readers need moved.
 """
 
 from __future__ import annotations
@@ -25,6 +35,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from limbscan.errors import BadInputError, LimbscanError
+from limbscan.operating_points import (
+    LIKELY,
+    SUSPECTED,
+    SUSPECTED_SENSITIVITY,
+    check_sensitivity,
+    choose_operating_points,
+    rule_name,
+)
 from limbscan.rundir import BEST, VAL_SCORES_FILE, RunDir
 from limbscan.scenarios import classifier_scenarios, info
 from limbscan.scenarios import default_scenario as _default_scenario
@@ -83,6 +101,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     for key in ("scenarios", "thresholds", "preprocessing", "files", "default_scenario"):
         if key not in manifest:
             raise BadInputError(manifest_path, f"missing the key {key!r}")
+    _check_operating_points(manifest, manifest_path)
     made_by = manifest.get("limbscan_version")
     if made_by != __version__:
         log.warning("%s: made by limbscan %s, loaded by %s", root, made_by, __version__)
@@ -90,6 +109,26 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
         for rel, digest in manifest["files"].items():
             _check_file(root, rel, digest)
     return manifest
+
+
+def _check_operating_points(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """A manifest's two operating points agree with its ``thresholds`` and are in order, so
+    "likely" and "suspected" mean what they say; an old manifest without them passes."""
+    points = manifest.get("operating_points")
+    if points is None:
+        return
+    for name in manifest["scenarios"]:
+        try:
+            likely = float(points[name][LIKELY]["threshold"])
+            suspected = float(points[name][SUSPECTED]["threshold"])
+        except (KeyError, TypeError, ValueError):
+            raise BadInputError(manifest_path, f"operating_points: no likely and suspected threshold for {name}") from None
+        if likely != float(manifest["thresholds"][name]):
+            raise BadInputError(manifest_path, f"operating_points: {name}'s likely threshold {likely:g} differs from "
+                                               f"its entry in thresholds ({manifest['thresholds'][name]:g})")
+        if suspected > likely:
+            raise BadInputError(manifest_path, f"operating_points: {name}'s suspected threshold {suspected:g} lies "
+                                               f"above its likely one ({likely:g})")
 
 
 def _check_file(root: Path, rel: str, digest: str) -> None:
@@ -109,19 +148,24 @@ def export_bundle(
     out: str | Path,
     *,
     target_sensitivity: float | None = None,
+    suspected_sensitivity: float = SUSPECTED_SENSITIVITY,
     onnx: bool = False,
     progress: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Write the bundle of a trained ``run`` into the folder ``out`` (conventionally NAME.limbscan).
 
-    Thresholds: Youden's J on the run's validation scores, or the most specific point reaching
-    ``target_sensitivity``. The folder is built beside ``out`` and moved into place whole, so
+    Operating points, on the run's validation scores: "likely" by Youden's J, or the most
+    specific point reaching ``target_sensitivity``; "suspected", the most specific point
+    reaching ``suspected_sensitivity`` (see :func:`limbscan.operating_points.choose_operating_points`).
+    The folder is built beside ``out`` and moved into place whole, so
     ``out`` is never half-written; an existing ``out`` is replaced only with ``overwrite``.
     """
     from rich.progress import track
 
     run, out = Path(run), Path(out)
+    check_sensitivity(target_sensitivity, "target_sensitivity")
+    check_sensitivity(suspected_sensitivity, "suspected_sensitivity")
     folder = RunDir(run)
     if not run.is_dir():
         raise LimbscanError(f"{run}: not a run folder")
@@ -140,7 +184,7 @@ def export_bundle(
             if need not in scenarios:
                 raise LimbscanError(f"{run}: the {name} needs its {need}, and {folder.best(need)} is missing")
     val = _val_scores(run, scenarios)
-    thresholds, rule = _thresholds(val, scenarios, target_sensitivity)
+    points = _operating_points(val, scenarios, target_sensitivity, suspected_sensitivity)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -156,9 +200,11 @@ def export_bundle(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "scenarios": scenarios,
             "default_scenario": default_scenario(scenarios),
-            "thresholds": thresholds,
-            "threshold_rule": rule,
+            "thresholds": {name: points[name][LIKELY]["threshold"] for name in scenarios},
+            "threshold_rule": rule_name(target_sensitivity),
             "target_sensitivity": target_sensitivity,
+            "suspected_sensitivity": float(suspected_sensitivity),
+            "operating_points": points,
             **_data_provenance(val),
             "preprocessing": _preprocessing(checkpoints),
         }
@@ -199,19 +245,23 @@ def _val_scores(run: Path, scenarios: list[str]) -> dict[str, Any]:
     return val
 
 
-def _thresholds(
-    val: dict[str, Any], scenarios: list[str], target_sensitivity: float | None
-) -> tuple[dict[str, float], str]:
-    from limbscan.eval.metrics import MetricsInputError, choose_threshold
+def _operating_points(
+    val: dict[str, Any], scenarios: list[str], target_sensitivity: float | None, suspected_sensitivity: float
+) -> dict[str, dict[str, Any]]:
+    from limbscan.eval.metrics import MetricsInputError
 
-    method = "youden" if target_sensitivity is None else "sensitivity"
-    thresholds = {}
+    points = {}
     for name in scenarios:
         try:
-            thresholds[name] = choose_threshold(val["labels"], val["scores"][name], method, target_sensitivity)
+            points[name] = choose_operating_points(val["labels"], val["scores"][name],
+                                                   target_sensitivity=target_sensitivity,
+                                                   suspected_sensitivity=suspected_sensitivity)
         except MetricsInputError as err:
             raise LimbscanError(f"{VAL_SCORES_FILE}, {name}: {err}") from err
-    return thresholds, ("youden" if target_sensitivity is None else f"sensitivity>={target_sensitivity:g}")
+        note = points[name][SUSPECTED]["note"]
+        if note:
+            log.warning("%s, %s: %s", VAL_SCORES_FILE, name, note)
+    return points
 
 
 def _write_weights(src: Path, dst: Path) -> dict[str, Any]:

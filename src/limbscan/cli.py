@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from limbscan.errors import LimbscanError, Skipped
+from limbscan.operating_points import SUSPECTED_SENSITIVITY
 from limbscan.scenarios import names as scenario_names
 
 SCENARIO_CHOICES = " | ".join(scenario_names())  # the registered scenarios, for --help
@@ -339,6 +340,11 @@ def evaluate_cmd(
         Optional[float], typer.Option(help="Operating point: reach this sensitivity on validation (default: Youden's J).")
     ] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,
+    suspected_sensitivity: Annotated[
+        Optional[float],
+        typer.Option(help="High-sensitivity ('suspected') point: reach this sensitivity on validation "
+                          f"(default: the bundle's, else {SUSPECTED_SENSITIVITY:g})."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Score a trained run on one split; threshold from the validation split, CIs, DeLong tests, figures."""
@@ -347,7 +353,7 @@ def evaluate_cmd(
     if split not in ("test", "val", "train", "all"):
         raise LimbscanError(f"--split {split!r}: use test, val, train or all")
     metrics = evaluate(run, dataset, split, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
-                       progress=not quiet)
+                       progress=not quiet, suspected_sensitivity=suspected_sensitivity)
     _print_evaluation(metrics, out)
 
 
@@ -386,6 +392,10 @@ def compare_cmd(
     _print_evaluation(compare(reports, out, scenario=scenario), out)
 
 
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def _print_evaluation(metrics: dict, out: Path) -> None:
     for name, m in metrics["scenarios"].items():
         auc = "undefined" if m["auc"] is None else f"{m['auc']:.3f}"
@@ -395,6 +405,12 @@ def _print_evaluation(metrics: dict, out: Path) -> None:
             f"{name}: AUC {auc}{ci_text}, sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, "
             f"accuracy {m['accuracy']:.3f} at threshold {m['threshold']:.3f}", highlight=False,
         )
+        low = (m.get("operating_points") or {}).get("suspected")
+        if low:
+            console.print(
+                f"{name}, suspected point: sensitivity {_fmt(low['sensitivity'])}, specificity "
+                f"{_fmt(low['specificity'])} at threshold {low['threshold']:.3f}", highlight=False,
+            )
     for c in metrics["comparisons"]:
         p = "n/a" if c["delong_p"] is None else f"{c['delong_p']:.3g}"
         console.print(f"{c['a']} vs {c['b']}: DeLong p = {p}", highlight=False)
@@ -448,9 +464,12 @@ def predict_cmd(
     summary = run_predict(bundle, paths, out, scenario=scenario, batch_size=batch_size, overlays=overlays,
                           gradcam=gradcam, dicom_out=kinds, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table
-        table = Table(title=f"{summary.scenario}, threshold {summary.threshold:.3f}", show_header=False)
+        suspected = "" if summary.suspected_threshold is None else f", suspected from {summary.suspected_threshold:.3f}"
+        table = Table(title=f"{summary.scenario}, likely from {summary.threshold:.3f}{suspected}", show_header=False)
         table.add_row("images scored", str(summary.n_scored))
-        table.add_row("abnormal at the operating point", str(summary.n_abnormal))
+        table.add_row("likely abnormal (balanced point)", str(summary.n_abnormal))
+        if summary.suspected_threshold is not None:
+            table.add_row("suspected (high-sensitivity point only)", str(summary.n_suspected))
         table.add_row("errors (skipped files)", f"{summary.n_errors}" + (f"  ({out / ERRORS})" if summary.n_errors else ""))
         table.add_row("worklist", str(out / WORKLIST))
         if overlays:
@@ -512,6 +531,9 @@ def export_cmd(
         Optional[float],
         typer.Option(help="Operating point: reach this sensitivity on validation (default: Youden's J)."),
     ] = None,
+    suspected_sensitivity: Annotated[
+        float, typer.Option(help="High-sensitivity ('suspected') point: reach this sensitivity on validation.")
+    ] = SUSPECTED_SENSITIVITY,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUT.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -520,17 +542,23 @@ def export_cmd(
 
     from limbscan.bundle import export_bundle, read_manifest
 
-    path = export_bundle(run, out, target_sensitivity=target_sensitivity, onnx=onnx, progress=not quiet,
-                         overwrite=overwrite)
+    path = export_bundle(run, out, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
+                         onnx=onnx, progress=not quiet, overwrite=overwrite)
     manifest = read_manifest(path, verify=False)
-    table = Table(title=f"{path} (thresholds: {manifest['threshold_rule']} on validation)")
-    for column in ("scenario", "threshold", "onnx"):
+    table = Table(title=f"{path} (thresholds on validation: likely by {manifest['threshold_rule']}, suspected by "
+                        f"sensitivity>={manifest['suspected_sensitivity']:g})")
+    for column in ("scenario", "likely threshold", "suspected threshold", "onnx"):
         table.add_column(column)
     for name in manifest["scenarios"]:
         default = " (default)" if name == manifest["default_scenario"] else ""
-        table.add_row(name + default, f"{manifest['thresholds'][name]:.4f}",
+        suspected = manifest["operating_points"][name]["suspected"]
+        table.add_row(name + default, f"{manifest['thresholds'][name]:.4f}", f"{suspected['threshold']:.4f}",
                       "yes" if name in (manifest.get("onnx") or {}) else "-")
     console.print(table)
+    for name in manifest["scenarios"]:
+        note = manifest["operating_points"][name]["suspected"]["note"]
+        if note:
+            err_console.print(f"[yellow]note[/]: {name}, suspected point: {note}", highlight=False, soft_wrap=True)
     for name, note in (manifest.get("onnx_notes") or {}).items():
         if name not in (manifest.get("onnx") or {}):
             err_console.print(f"[yellow]onnx[/]: {name}: {note}", highlight=False, soft_wrap=True)

@@ -21,6 +21,7 @@ import torch
 from limbscan.bundle import read_manifest
 from limbscan.data.cache import as_cached
 from limbscan.errors import BadInputError, LimbscanError
+from limbscan.operating_points import level_of, stored_thresholds
 from limbscan.scenarios import info
 from limbscan.scenarios.base import Batch, Finding, ImageInput, ModelStore, Scenario, load_scenarios
 
@@ -44,13 +45,21 @@ class Prediction:
     file: str | None  # as given by the caller (None for arrays)
     scenario: str
     probability: float  # P(abnormal) of the scenario
-    threshold: float  # the bundle's operating point for that scenario
+    threshold: float  # the bundle's balanced ("likely") operating point for that scenario
     label: str  # "abnormal" if probability >= threshold else "normal"
     scores: dict[str, float]  # every scenario run for this image
     detections: list[Detection] = field(default_factory=list)  # best first
     width: int = 0
     height: int = 0
     body_part: str | None = None
+    # The high-sensitivity ("suspected") operating point; None for a bundle exported without one.
+    suspected_threshold: float | None = None
+
+    @property
+    def level(self) -> str:
+        """"likely", "suspected" or "normal" (see :mod:`limbscan.operating_points`): derived from
+        the probability and the two thresholds, so it can never disagree with them."""
+        return level_of(self.probability, self.threshold, self.suspected_threshold)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types; masks as COCO RLE ``{"size": [h, w], "counts": str}``."""
@@ -60,6 +69,8 @@ class Prediction:
             "probability": float(self.probability),
             "threshold": float(self.threshold),
             "label": self.label,
+            "level": self.level,
+            "suspected_threshold": None if self.suspected_threshold is None else float(self.suspected_threshold),
             "scores": {k: float(v) for k, v in self.scores.items()},
             "detections": [
                 {"box": [float(v) for v in d.box], "score": float(d.score),
@@ -118,8 +129,16 @@ class Predictor:
 
     # -- small accessors ---------------------------------------------------------------------
     def threshold(self, scenario: str | None = None) -> float:
-        name = self._check_scenario(scenario or self.default_scenario)
-        return float(self.manifest["thresholds"][name])
+        """The balanced ("likely") operating point: ``label`` is "abnormal" at or above it."""
+        return self.thresholds(scenario)[0]
+
+    def suspected_threshold(self, scenario: str | None = None) -> float | None:
+        """The high-sensitivity ("suspected") operating point; None for a bundle exported without one."""
+        return self.thresholds(scenario)[1]
+
+    def thresholds(self, scenario: str | None = None) -> tuple[float, float | None]:
+        """(likely, suspected) of the scenario (default: the default scenario), as the bundle stores them."""
+        return stored_thresholds(self.manifest, self._check_scenario(scenario or self.default_scenario))
 
     def scenario(self, name: str | None = None) -> Scenario:
         """The bundle's scenario object (default: the default scenario)."""
@@ -246,7 +265,7 @@ class Predictor:
         # Same-size images of the batch share a detector forward (see run_detector).
         batch = Batch(inputs, detector_batch_size=len(inputs))
         found = {name: self._scenarios[name].score(batch) for name in self.scenarios if name in names}
-        threshold = self.threshold(shown)
+        threshold, suspected = self.thresholds(shown)
         out = []
         for i, im in enumerate(images):
             finding: Finding = found[shown][i]
@@ -262,6 +281,7 @@ class Predictor:
                 label="abnormal" if probability >= threshold else "normal",
                 scores={name: float(found[name][i].score) for name in found},
                 detections=detections, width=im.width, height=im.height, body_part=im.body_part,
+                suspected_threshold=suspected,
             ))
         return out
 

@@ -1,7 +1,10 @@
 """Pictures of a prediction for a reader: the radiograph in grey, the finding in red.
 
 ``render_overlay`` draws every detection's box (the best one thicker) and mask, a caption with
-the label, probability and scenario, and optionally a heatmap (Grad-CAM) blended in. It never
+the level, probability and scenario, and optionally a heatmap (Grad-CAM) blended in. As
+commercial fracture readers do, the box's line says the level (:mod:`limbscan.operating_points`):
+solid where the image is "likely" abnormal, dashed where it is only "suspected", dotted where
+it is below both operating points (the boxes are then only where the model looked). It never
 draws a file name or anything from a header: an overlay can leave the hospital, a file name
 often carries a patient's name or id.
 """
@@ -14,12 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from limbscan.operating_points import LIKELY, NORMAL, SUSPECTED
 from limbscan.utils.files import atomic_file
 
 if TYPE_CHECKING:
     from limbscan.inference import Prediction
 
 RED = (255, 0, 0)
+AMBER = (255, 176, 0)
+# Box line per level: None solid, else (on, off) in multiples of the line's width.
+LINE_DASH: dict[str, tuple[int, int] | None] = {LIKELY: None, SUSPECTED: (5, 3), NORMAL: (1, 3)}
+CAPTION = {LIKELY: ("likely abnormal", RED), SUSPECTED: ("suspected abnormal", AMBER), NORMAL: ("normal", (255, 255, 255))}
 MASK_ALPHA = 0.35  # masks shaded, not painted: the bone under them stays readable
 HEATMAP_ALPHA = 0.6  # at the heatmap's hottest; colder pixels are blended proportionally less
 # inferno, not jet: jet's hot end is red, which the overlay keeps for the boxes and masks.
@@ -63,16 +71,35 @@ def _shade_mask(rgb: np.ndarray, mask: np.ndarray, size_wh: tuple[int, int]) -> 
 
 
 def _caption(prediction: Prediction) -> str:
-    return f"{prediction.label} {prediction.probability:.2f} ({prediction.scenario})"
+    return f"{CAPTION[prediction.level][0]} {prediction.probability:.2f} ({prediction.scenario})"
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: list[int], colour: tuple[int, int, int], width: int,
+                      dash: tuple[int, int]) -> None:
+    """PIL's rectangle outline (``width`` pixels inward from the edges of ``box``, ends included)
+    in runs of ``dash[0]`` pixels on, ``dash[1]`` off; every edge starts on, so corners show."""
+    x0, y0, x1, y1 = box
+    on, off = dash
+
+    def runs(start: int, end: int):
+        for s in range(start, end + 1, on + off):
+            yield s, min(s + on - 1, end)
+
+    for s, e in runs(x0, x1):
+        draw.rectangle([s, y0, e, min(y0 + width - 1, y1)], fill=colour)
+        draw.rectangle([s, max(y1 - width + 1, y0), e, y1], fill=colour)
+    for s, e in runs(y0, y1):
+        draw.rectangle([x0, s, min(x0 + width - 1, x1), e], fill=colour)
+        draw.rectangle([max(x1 - width + 1, x0), s, x1, e], fill=colour)
 
 
 def render_overlay(
     pixels: np.ndarray, prediction: Prediction, heatmap: np.ndarray | None = None, max_side: int = 1024
 ) -> np.ndarray:
     """RGB uint8, longest side at most ``max_side``: the radiograph in grey, each detection's
-    box in red (the best one, listed first, thicker) and its mask shaded red, an optional
-    heatmap (float H x W in [0, 1], original pixels) blended in, and a caption such as
-    ``"abnormal 0.87 (cascade)"``."""
+    box in red (the best one, listed first, thicker; solid, dashed or dotted by the level) and
+    its mask shaded red, an optional heatmap (float H x W in [0, 1], original pixels) blended
+    in, and a caption such as ``"likely abnormal 0.87 (cascade)"``."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
         raise ValueError(f"expected a grey H x W image, got shape {pixels.shape}")
@@ -93,6 +120,8 @@ def render_overlay(
     draw = ImageDraw.Draw(canvas)
     longest = max(size_wh)
     line = max(1, round(longest / 400))
+    level = prediction.level
+    dash = LINE_DASH[level]
     # Drawn worst first, so the best box ends on top where boxes overlap.
     for rank, det in reversed(list(enumerate(prediction.detections))):
         x0, y0, x1, y1 = (float(v) * scale for v in det.box)
@@ -100,14 +129,18 @@ def render_overlay(
         box = [max(0, round(x0)), max(0, round(y0)), min(size_wh[0], round(x1)) - 1, min(size_wh[1], round(y1)) - 1]
         if box[2] < box[0] or box[3] < box[1]:
             continue
-        draw.rectangle(box, outline=RED, width=line * (2 if rank == 0 else 1))
+        width = line * (2 if rank == 0 else 1)
+        if dash is None:
+            draw.rectangle(box, outline=RED, width=width)
+        else:
+            _dashed_rectangle(draw, box, RED, width, (dash[0] * width, dash[1] * width))
     font_px = max(MIN_CAPTION_PX, round(longest * CAPTION_FRACTION))
     font = ImageFont.load_default(size=font_px)
     text = _caption(prediction)
     pad = max(2, font_px // 4)
     left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
     draw.rectangle([0, 0, right + pad, bottom + pad], fill=(0, 0, 0))
-    draw.text((pad, pad), text, font=font, fill=RED if prediction.label == "abnormal" else (255, 255, 255))
+    draw.text((pad, pad), text, font=font, fill=CAPTION[level][1])
     return np.asarray(canvas)
 
 

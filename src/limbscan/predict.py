@@ -4,7 +4,8 @@
 
 - ``predictions.jsonl``: one :meth:`Prediction.to_json` per scored image, in input order, with
   ``file``, ``overlay`` (where one was drawn), ``dicom`` (DICOM outputs) and ``warnings``;
-- ``worklist.csv``: the scored images, most likely abnormal first (what a reader works down);
+- ``worklist.csv``: the scored images, most likely abnormal first (what a reader works down),
+  each with its level: "likely", "suspected" or "normal" (:mod:`limbscan.operating_points`);
 - ``overlays/<n>.png``: ``n`` is the image's place in the sorted input list, never its file
   name, which may carry a patient's name or id;
 - ``errors.jsonl``: every file that could not be scored, and why (a batch never stops for one);
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from limbscan.data.torchdata import shard
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.io import read_image, sniff_format
+from limbscan.operating_points import SUSPECTED
 from limbscan.overlay import render_overlay, save_png
 from limbscan.scenarios import classifier_scenarios
 from limbscan.utils.distributed import DistInfo, init_distributed, shutdown_distributed
@@ -53,7 +55,9 @@ OVERLAY_DIR = "overlays"
 DICOM_DIR = "dicom"
 PARTS_DIR = ".parts"
 DICOM_KINDS = ("sc", "sr")
-WORKLIST_COLUMNS = ("rank", "file", "body_part", "probability", "label", "scenario", "n_detections", "overlay")
+# New columns go at the end: scripts read the older ones by position.
+WORKLIST_COLUMNS = ("rank", "file", "body_part", "probability", "label", "scenario", "n_detections", "overlay",
+                    "level")
 _OVERLAY_NAME = re.compile(r"^\d{6,}\.png$")
 
 
@@ -64,9 +68,11 @@ class PredictSummary:
     threshold: float
     n_inputs: int  # images found (scored + errors)
     n_scored: int
-    n_abnormal: int  # at the bundle's operating point
+    n_abnormal: int  # at the bundle's balanced operating point: level "likely"
     n_errors: int
     seconds: float
+    suspected_threshold: float | None = None  # the high-sensitivity point; None for a bundle without one
+    n_suspected: int = 0  # at the high-sensitivity point only
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "out": str(self.out)}
@@ -288,7 +294,7 @@ def _worklist(records: list[dict]) -> str:
     writer.writerow(WORKLIST_COLUMNS)
     for rank, r in enumerate(ranked, 1):
         writer.writerow([rank, r["file"], r.get("body_part") or "", f"{float(r['probability']):.6f}", r["label"],
-                         r["scenario"], len(r.get("detections") or []), r.get("overlay", "")])
+                         r["scenario"], len(r.get("detections") or []), r.get("overlay", ""), r["level"]])
     return buf.getvalue()
 
 
@@ -319,16 +325,18 @@ def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, o
 
     seconds = time.perf_counter() - started
     n_abnormal = sum(r["label"] == "abnormal" for r in records)
-    summary = PredictSummary(out, opts.scenario, float(model.threshold(opts.scenario)), n_inputs, len(records),
-                             n_abnormal, len(errors), round(seconds, 3))
+    likely, suspected = model.thresholds(opts.scenario)
+    summary = PredictSummary(out, opts.scenario, likely, n_inputs, len(records), n_abnormal, len(errors),
+                             round(seconds, 3), suspected, sum(r["level"] == SUSPECTED for r in records))
     by_part: dict[str, dict[str, int]] = {}
     for r in records:
-        entry = by_part.setdefault(r.get("body_part") or "unknown", {"n": 0, "n_abnormal": 0})
+        entry = by_part.setdefault(r.get("body_part") or "unknown", {"n": 0, "n_abnormal": 0, "n_suspected": 0})
         entry["n"] += 1
         entry["n_abnormal"] += r["label"] == "abnormal"
+        entry["n_suspected"] += r["level"] == SUSPECTED
     write_json_atomic(out / SUMMARY, {
         **summary.to_json(),
-        "n_normal": len(records) - n_abnormal,
+        "n_normal": len(records) - n_abnormal,  # label "normal": the suspected ones included
         "n_warnings": sum(bool(r.get("warnings")) for r in records),
         "images_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
         "by_body_part": dict(sorted(by_part.items())),

@@ -16,6 +16,7 @@ from limbscan.eval.report import SYNTHETIC_BANNER, metrics_html, metrics_markdow
 def metrics(synthetic: bool = False) -> dict:
     m = {
         "split": "test",
+        "suspected_sensitivity": 0.95,
         "n": 236,
         "n_abnormal": 36,
         "scenarios": {
@@ -39,6 +40,17 @@ def metrics(synthetic: bool = False) -> dict:
                 },
                 "by_tag": {"hardware": {"0": {"auc": 0.8766, "n": 220}, "1": {"auc": None, "n": 16, "n_abnormal": 16}}},
                 "localisation": {"n": 36, "ap50": 0.4123, "top_box_hit": 0.6111},
+                "operating_points": {
+                    "likely": {"threshold": 0.4217, "rule": "youden", "sensitivity": 0.8611,
+                               "sensitivity_ci95": [0.7222, 0.9444], "specificity": 0.8899, "specificity_ci95": None,
+                               "confusion": {"tp": 31, "fn": 5, "fp": 22, "tn": 178},
+                               "val_sensitivity": 0.8889, "val_specificity": 0.91},
+                    "suspected": {"threshold": 0.0712, "rule": "sensitivity>=0.95", "target_sensitivity": 0.95,
+                                  "note": None, "sensitivity": 0.9444, "sensitivity_ci95": [0.8611, 1.0],
+                                  "specificity": 0.515, "specificity_ci95": [0.445, 0.585],
+                                  "confusion": {"tp": 34, "fn": 2, "fp": 97, "tn": 103},
+                                  "val_sensitivity": 1.0, "val_specificity": 0.47},
+                },
             },
             "detector": {
                 "auc": 0.8512,
@@ -51,6 +63,12 @@ def metrics(synthetic: bool = False) -> dict:
                 "confusion": {"tp": 27, "fn": 9, "fp": 40, "tn": 160},
                 "by_body_part": {"leg": {"auc": 0.8411, "n": 200}},
                 "by_tag": {"hardware": {"0": {"auc": 0.7988, "n": 220}}},
+                "operating_points": {
+                    "likely": {"threshold": 0.3, "rule": "youden", "sensitivity": 0.75, "specificity": 0.8,
+                               "confusion": {"tp": 27, "fn": 9, "fp": 40, "tn": 160},
+                               "val_sensitivity": 0.8, "val_specificity": 0.82},
+                    "suspected": None,  # a bundle exported before operating points
+                },
             },
         },
         "comparisons": [
@@ -111,6 +129,28 @@ def test_threshold_provenance_and_split_summary():
     target = metrics() | {"threshold_method": "sensitivity", "target_sensitivity": 0.9}
     assert "(target sensitivity 0.900)" in metrics_markdown(target)
     assert "optimistic" in metrics_markdown(metrics() | {"split": "val"})
+
+
+def test_operating_points_table_has_both_points_on_this_split_and_on_validation():
+    md = metrics_markdown(metrics())
+    assert "### Operating points: likely and suspected" in md
+    rows = table_rows(md, "cascade")
+    assert ["cascade", "likely (balanced)", "youden", "0.422", "0.861 [0.722, 0.944]", "0.890", "31", "5", "22", "178",
+            "0.889", "0.910"] in rows
+    assert ["cascade", "suspected (high sensitivity)", "sensitivity>=0.95", "0.071", "0.944 [0.861, 1.000]",
+            "0.515 [0.445, 0.585]", "34", "2", "97", "103", "1.000", "0.470"] in rows
+    assert ["detector", "likely (balanced)", "youden", "0.300", "0.750", "0.800", "27", "9", "40", "160", "0.800",
+            "0.820"] in table_rows(md, "detector")
+    assert not [r for r in table_rows(md, "detector") if "suspected" in r[1]]
+    assert "No suspected point for detector" in md
+    assert "sensitivity 0.950 on validation" in md  # the header says how the second point was chosen
+    noted = metrics()
+    noted["scenarios"]["cascade"]["operating_points"]["suspected"]["note"] = "reached only at the lowest score"
+    assert "cascade, suspected: reached only at the lowest score." in metrics_markdown(noted)
+    plain = metrics()
+    for s in plain["scenarios"].values():
+        del s["operating_points"]
+    assert "Operating points" not in metrics_markdown(plain)  # older metrics.json: no table, no error
 
 
 def test_comparisons_backbones_groups_and_localisation():

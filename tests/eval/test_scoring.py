@@ -58,6 +58,7 @@ def test_missing_stages_are_named(tmp_path, trained_run):
 def test_evaluate_reports_test_with_thresholds_from_validation(trained_run, tmp_path):
     from limbscan.eval.evaluate import evaluate
     from limbscan.eval.metrics import choose_threshold
+    from limbscan.operating_points import choose_operating_points
 
     root, out = trained_run
     val = json.loads((out / "val_scores.json").read_text())
@@ -69,6 +70,16 @@ def test_evaluate_reports_test_with_thresholds_from_validation(trained_run, tmp_
         expected = choose_threshold(np.asarray(val["labels"]), np.asarray(val["scores"][name]))
         assert m["threshold"] == pytest.approx(expected)
         assert m["tp"] + m["fn"] + m["fp"] + m["tn"] == saved["n"]
+        # a run folder: both operating points chosen on its val_scores.json, as export chooses them
+        chosen = choose_operating_points(val["labels"], val["scores"][name])
+        points = saved["scenarios"][name]["operating_points"]
+        for level in ("likely", "suspected"):
+            assert points[level]["threshold"] == pytest.approx(chosen[level]["threshold"])
+            assert points[level]["rule"] == chosen[level]["rule"]
+            assert points[level]["val_sensitivity"] == pytest.approx(chosen[level]["val_sensitivity"])
+            assert sum(points[level]["confusion"].values()) == saved["n"]
+        assert points["suspected"]["confusion"]["tp"] >= points["likely"]["confusion"]["tp"]
+    assert saved["suspected_sensitivity"] == 0.95
     assert {(c["a"], c["b"]) for c in metrics["comparisons"]} == {
         ("whole-image", "detector"), ("whole-image", "cascade"), ("detector", "cascade")}
     for name in ("report.md", "report.html", "roc.png", "confusion.png", "calibration.png"):

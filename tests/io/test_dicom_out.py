@@ -36,6 +36,7 @@ MANIFEST = {
     "default_scenario": "cascade",
     "thresholds": {"cascade": 0.42, "detector": 0.5},
     "threshold_rule": "youden",
+    "suspected_sensitivity": 0.95,
     "created": "2025-01-02T03:04:05Z",
 }
 
@@ -73,7 +74,8 @@ def _synthetic_dicom(path: Path, rows: int = 48, cols: int = 64, pixels: bool = 
     return path
 
 
-def _prediction(width: int, height: int, label: str = "abnormal", probability: float = 0.83, n_boxes: int = 2) -> dict:
+def _prediction(width: int, height: int, label: str = "abnormal", probability: float = 0.83, n_boxes: int = 2,
+                suspected_threshold: float | None = 0.12) -> dict:
     """Prediction.to_json() shape, boxes inside a ``width`` x ``height`` image, best first."""
     rng = np.random.default_rng(n_boxes)
     detections = []
@@ -87,6 +89,9 @@ def _prediction(width: int, height: int, label: str = "abnormal", probability: f
         "probability": probability,
         "threshold": 0.42,
         "label": label,
+        "level": "likely" if probability >= 0.42 else (
+            "suspected" if suspected_threshold is not None and probability >= suspected_threshold else "normal"),
+        "suspected_threshold": suspected_threshold,
         "scores": {"cascade": probability, "detector": 0.5},
         "detections": detections,
         "width": width,
@@ -177,6 +182,45 @@ def test_sr_holds_finding_probability_threshold_and_boxes(tmp_path):
     (observer,) = report.get_observer_contexts()
     assert observer.observer_type == codes.DCM.Device
     assert observer.observer_identifying_attributes.model_name == "limbscan 9.8.7"
+
+
+def _level(report: hd.sr.MeasurementReport) -> hd.sr.CodedConcept:
+    (level,) = report.get_image_measurement_groups()[0].get_qualitative_evaluations(name=dicom_out.LEVEL)
+    return level.value
+
+
+@pytest.mark.parametrize(("probability", "suspected_threshold", "label", "level"),
+                         [(0.83, 0.12, "abnormal", "LIKELY"), (0.3, 0.12, "normal", "SUSPECTED"),
+                          (0.05, 0.12, "normal", "NORMAL"), (0.3, None, "normal", "NORMAL")])
+def test_sr_holds_the_level_and_both_thresholds(tmp_path, probability, suspected_threshold, label, level):
+    source = _synthetic_dicom(tmp_path / "in.dcm")
+    pred = _prediction(64, 48, label=label, probability=probability, suspected_threshold=suspected_threshold)
+    (path,) = dicom_outputs(source, pred, _overlay(48, 64), MANIFEST, tmp_path / "out", kinds=("sr",))
+    report = _report(path)
+    assert _level(report) == hd.sr.CodedConcept(level, "99LIMBSCAN", dicom_out.LEVEL_CODES[level.lower()].meaning)
+    group = report.get_image_measurement_groups()[0]
+    (normality,) = group.get_qualitative_evaluations(name=codes.DCM.Normality)  # the balanced point's call, as before
+    assert normality.value == (codes.SCT.Abnormal if label == "abnormal" else codes.SCT.Normal)
+    (threshold,) = group.get_measurements(name=codes.DCM.ThresholdValue)
+    assert threshold.value == pytest.approx(0.42)
+    suspected = group.get_measurements(name=dicom_out.SUSPECTED_THRESHOLD)
+    if suspected_threshold is None:  # a bundle exported without one: nothing claimed
+        assert suspected == []
+    else:
+        assert [m.value for m in suspected] == [pytest.approx(suspected_threshold)]
+        assert suspected[0].unit == dicom_out.PROBABILITY_UNIT
+    ds = pydicom.dcmread(path)
+    (scheme,) = ds.CodingSchemeIdentificationSequence  # the local designator is declared in the document
+    assert (scheme.CodingSchemeDesignator, scheme.CodingSchemeResponsibleOrganization) == ("99LIMBSCAN", "limbscan")
+    texts = [item.TextValue for item in _walk(ds) if item.get("ValueType") == "TEXT"]
+    assert "bundle suspected_sensitivity=0.95" in texts
+
+
+def test_a_level_that_disagrees_with_the_thresholds_is_refused(tmp_path):
+    source = _synthetic_dicom(tmp_path / "in.dcm")
+    with pytest.raises(ValueError, match="level 'normal' disagrees"):
+        dicom_outputs(source, _prediction(64, 48) | {"level": "normal"}, _overlay(48, 64), MANIFEST, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_normal_prediction_is_coded_normal_and_only_the_best_five_boxes_are_kept(tmp_path):

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from limbscan.io import read_image
+from limbscan.operating_points import level_of
 from limbscan.serve import background_server, create_app
 
 TOKEN = "s3cret-token"
@@ -64,6 +65,8 @@ def _check_prediction(answer: dict, model) -> None:
     assert answer["scenario"] == model.default_scenario
     assert answer["threshold"] == pytest.approx(model.threshold())
     assert answer["label"] == ("abnormal" if answer["probability"] >= answer["threshold"] else "normal")
+    assert answer["suspected_threshold"] == pytest.approx(model.suspected_threshold())
+    assert answer["level"] == level_of(answer["probability"], answer["threshold"], answer["suspected_threshold"])
     assert str(uuid.UUID(answer["id"])) == answer["id"]
     assert answer["overlay_url"] == f"/v1/overlays/{answer['id']}.png"
     assert answer["file"] is None  # the client's file name is never echoed
@@ -76,6 +79,7 @@ def test_health_model_and_page(model, tmp_path):
         assert manifest.status_code == 200
         assert manifest.json()["default_scenario"] == model.default_scenario
         assert manifest.json()["thresholds"] == pytest.approx(model.manifest["thresholds"])
+        assert manifest.json()["operating_points"] == model.manifest["operating_points"]  # what the page shows
         assert str(model.path) not in manifest.text and str(tmp_path) not in manifest.text
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -240,6 +244,18 @@ def test_several_files_in_one_request(model, phantoms, tmp_path):
         assert [r.get("status", 200) for r in results] == [200, 415, 200]
         _check_prediction(results[0], model)
         assert results[0]["id"] != results[2]["id"]
+
+
+def test_a_bundle_without_operating_points_answers_likely_or_normal(model, phantoms, tmp_path, with_operating_points):
+    from limbscan.inference import load
+
+    old = load(with_operating_points(model.path, None, None))  # exported before operating points
+    with _client(old, tmp_path) as client:
+        assert "operating_points" not in client.get("/v1/model").json()
+        for phantom in phantoms[:3]:
+            answer = client.post("/v1/predict", files={"file": ("a.png", phantom.read_bytes())}).json()
+            assert answer["suspected_threshold"] is None
+            assert answer["level"] == ("likely" if answer["probability"] >= answer["threshold"] else "normal")
 
 
 def test_default_workdir_is_removed_on_shutdown(model):

@@ -126,3 +126,30 @@ def test_page_asks_for_the_token_and_keeps_it_for_the_session(browser, bundle, t
         row.click()
         expect(page.locator("#overlay")).to_be_visible(timeout=30_000)
         page.close()
+
+
+def test_rows_show_their_level_as_a_badge(browser, bundle, tiny_run, tmp_path, with_operating_points):
+    from playwright.sync_api import expect
+
+    from limbscan.inference import load
+
+    root, _ = tiny_run
+    images = sorted((root / "images").glob("*.png"))[:2]
+    low, high = sorted(p.probability for p in load(bundle).predict(images, masks=False))
+    assert low < high
+    # the higher image likely abnormal, the lower one suspected only
+    app = create_app(with_operating_points(bundle, (low + high) / 2, low), workdir=tmp_path / "work")
+    with background_server(app) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        expect(page.locator("#model-info")).to_contain_text("suspected ≥ ")
+        page.set_input_files("#picker", [str(p) for p in images])
+        done = page.locator("#worklist tbody tr[data-state='done']")
+        done.nth(1).wait_for(timeout=60_000)
+        assert done.evaluate_all("rows => rows.map(r => r.dataset.level)") == ["likely", "suspected"]
+        assert done.locator("td.finding .badge").all_text_contents() == ["likely abnormal", "suspected"]
+        assert done.nth(1).locator(".badge.suspected").count() == 1
+        expect(page.locator("#summary")).to_contain_text("1 likely abnormal · 1 suspected")
+        done.nth(1).click()
+        expect(page.locator("#details")).to_contain_text("Suspected from")
+        page.close()

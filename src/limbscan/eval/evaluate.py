@@ -1,9 +1,10 @@
 """``limbscan evaluate``: score a trained run on one split of a dataset and write the report.
 
-The operating threshold of each scenario is chosen on the run's VALIDATION scores
+The two operating points of each scenario (:mod:`limbscan.operating_points`: "likely", the
+balanced one; "suspected", the high-sensitivity one) are chosen on the run's VALIDATION scores
 (``RUN/val_scores.json``, written at the end of training) and applied unchanged to the reported
-split; asking to report the split the threshold came from is an error. A bundle (``limbscan
-export``) is scored like a run, at the thresholds it stores, which predict and serve apply too.
+split; asking to report the split they came from is an error. A bundle (``limbscan export``) is
+scored like a run, at the operating points it stores, which predict and serve apply too.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from limbscan.eval.metrics import (
     binary_metrics,
     bootstrap_auc_diff,
     bootstrap_ci,
-    choose_threshold,
     delong_test,
     undefined_reason,
+)
+from limbscan.operating_points import (
+    LIKELY,
+    SUSPECTED,
+    SUSPECTED_SENSITIVITY,
+    choose_operating_points,
+    rule_name,
+    stored_thresholds,
 )
 from limbscan.rundir import RunDir
 from limbscan.scenarios import default_scenario, info
@@ -50,8 +58,13 @@ def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
     return validation_scores(run, ds, val)
 
 
-def _bundle_thresholds(run: Path, target_sensitivity: float | None) -> dict[str, Any] | None:
-    """A bundle's stored operating points (the ones predict and serve apply), or None for a run."""
+def _bundle_points(
+    run: Path, target_sensitivity: float | None, suspected_sensitivity: float | None
+) -> dict[str, Any] | None:
+    """A bundle's stored operating points (the ones predict and serve apply), or None for a run.
+
+    A bundle exported before operating points has only its likely threshold: its suspected
+    point is None, as predict and serve apply none."""
     from limbscan.bundle import is_bundle, read_manifest
 
     if not is_bundle(run):
@@ -63,8 +76,54 @@ def _bundle_thresholds(run: Path, target_sensitivity: float | None) -> dict[str,
             f"{run}: this bundle's thresholds were chosen by {manifest.get('threshold_rule')}; to evaluate another "
             f"operating point, export the run again with --target-sensitivity {target_sensitivity}"
         )
-    return {"thresholds": manifest["thresholds"], "method": "youden" if stored is None else "sensitivity",
-            "target_sensitivity": stored}
+    stored_suspected = manifest.get("suspected_sensitivity")
+    if suspected_sensitivity is not None and (
+        stored_suspected is None or abs(float(stored_suspected) - suspected_sensitivity) > 1e-9
+    ):
+        chosen = "has no suspected point" if stored_suspected is None else (
+            f"chose its suspected point for sensitivity {stored_suspected:g}")
+        raise LimbscanError(f"{run}: this bundle {chosen}; to evaluate another, export the run again with "
+                            f"--suspected-sensitivity {suspected_sensitivity:g}")
+    points = {}
+    for name in manifest["scenarios"]:
+        likely, suspected = stored_thresholds(manifest, name)
+        saved = (manifest.get("operating_points") or {}).get(name) or {}
+        points[name] = {
+            LIKELY: {"threshold": likely, "rule": manifest.get("threshold_rule") or rule_name(stored)},
+            SUSPECTED: None if suspected is None else {
+                "threshold": suspected, **{k: saved[SUSPECTED].get(k) for k in ("rule", "target_sensitivity", "note")}},
+        }
+    return {"points": points, "method": "youden" if stored is None else "sensitivity",
+            "target_sensitivity": stored, "suspected_sensitivity": stored_suspected}
+
+
+def _at_points(points: dict[str, Any], s: Scored, val_labels: np.ndarray, val_scores: np.ndarray,
+               likely: dict[str, Any], groups: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """Sensitivity, specificity (95 % CIs) and confusion on the reported split at each operating
+    point, beside what they were on validation, where the point was chosen. ``likely`` is the
+    scenario's entry, already measured at the likely threshold."""
+    out: dict[str, Any] = {}
+    for level, point in points.items():
+        if point is None:  # a bundle exported before operating points: none to report
+            out[level] = None
+            continue
+        threshold = float(point["threshold"])
+        if level == LIKELY:
+            m, cis = likely, {k: likely.get(f"{k}_ci95") for k in ("sensitivity", "specificity")}
+        else:
+            m = binary_metrics(s.labels, s.scores, threshold).as_dict()
+            cis = bootstrap_ci(s.labels, s.scores, threshold, groups=groups, n_boot=n_boot, seed=seed,
+                               metrics=("sensitivity", "specificity"))
+        on_val = binary_metrics(val_labels, val_scores, threshold)
+        out[level] = {
+            **{k: v for k, v in point.items() if k not in ("val_sensitivity", "val_specificity")},
+            "threshold": threshold,
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            **{f"{k}_ci95": (list(v) if v else None) for k, v in cis.items()},
+            "confusion": {k: m[k] for k in ("tp", "fn", "fp", "tn")},
+            "val_sensitivity": on_val.sensitivity, "val_specificity": on_val.specificity,
+        }
+    return out
 
 
 def _groups(images: list[dict]) -> list[str]:
@@ -168,9 +227,10 @@ def evaluate(
     seed: int = 0,
     gallery: bool = True,
     progress: bool = True,
+    suspected_sensitivity: float | None = None,
 ) -> dict[str, Any]:
     """Score ``run`` on ``split`` of ``dataset``; write metrics.json and the report into ``out``."""
-    result = measure(run, dataset, split, target_sensitivity, n_boot, seed, gallery, progress)
+    result = measure(run, dataset, split, target_sensitivity, n_boot, seed, gallery, progress, suspected_sensitivity)
     if out is not None:
         result.write(out)
     return result.metrics
@@ -185,15 +245,23 @@ def measure(
     seed: int = 0,
     gallery: bool = True,
     progress: bool = True,
+    suspected_sensitivity: float | None = None,
 ) -> Evaluation:
-    """The measurements behind :func:`evaluate`, without writing anything."""
+    """The measurements behind :func:`evaluate`, without writing anything.
+
+    A bundle is measured at its stored operating points; a run at points chosen on its
+    validation scores here, the way export chooses them (``suspected_sensitivity`` default
+    :data:`~limbscan.operating_points.SUSPECTED_SENSITIVITY`)."""
     run, ds = Path(run), Dataset.load(dataset)
     images = ds.split_images(split)
     if not images:
         raise LimbscanError(f"{ds.root}: the {split} split is empty (split the dataset, or use --split all)")
-    bundle = _bundle_thresholds(run, target_sensitivity)
+    bundle = _bundle_points(run, target_sensitivity, suspected_sensitivity)
     if bundle is not None:
         target_sensitivity = bundle["target_sensitivity"]
+        suspected_sensitivity = bundle["suspected_sensitivity"]
+    elif suspected_sensitivity is None:
+        suspected_sensitivity = SUSPECTED_SENSITIVITY
     val = _validation_scores(run, ds)
     for entry in val.get("training_data") or []:
         if entry.get("role") == "auxiliary" and entry.get("path") == str(ds.root.resolve()):
@@ -220,6 +288,7 @@ def measure(
         "threshold_method": bundle["method"] if bundle else ("sensitivity" if target_sensitivity is not None
                                                              else "youden"),  # on validation
         "target_sensitivity": target_sensitivity,
+        "suspected_sensitivity": suspected_sensitivity,  # None: a bundle exported without a suspected point
         "auc_undefined_reason": undefined_reason(labels),
         "unseen_body_parts": sorted({im.get("body_part") or "unknown" for im in images} - seen_parts)
         if seen_parts else [],
@@ -230,12 +299,14 @@ def measure(
     metrics["backbones_used"] = _models(run, list(scored))
     for name, s in scored.items():
         val_labels, val_scores = np.asarray(val["labels"]), np.asarray(val["scores"][name])
-        threshold = bundle["thresholds"][name] if bundle else choose_threshold(
-            val_labels, val_scores, method=metrics["threshold_method"], target_sensitivity=target_sensitivity)
+        points = bundle["points"][name] if bundle else choose_operating_points(
+            val_labels, val_scores, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity)
+        threshold = points[LIKELY]["threshold"]
         m = binary_metrics(s.labels, s.scores, threshold)
         cis = bootstrap_ci(s.labels, s.scores, threshold, groups=groups, n_boot=n_boot, seed=seed)
         entry = {**m.as_dict(), **{f"{k}_ci95": (list(v) if v else None) for k, v in cis.items()}}
         entry["confusion"] = {"tp": m.tp, "fn": m.fn, "fp": m.fp, "tn": m.tn}  # the DESIGN.md contract
+        entry["operating_points"] = _at_points(points, s, val_labels, val_scores, entry, groups, n_boot, seed)
         entry["by_body_part"] = _by_group(images, s, lambda im: im.get("body_part") or "unknown")
         entry["by_tag"] = {
             tag: _by_group(images, s, lambda im, tag=tag: (im.get("attributes") or {}).get(tag, "missing"))

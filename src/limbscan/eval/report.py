@@ -54,6 +54,8 @@ GENERIC_TAG_NOTE = (
     "AUC within each value of the tag beside the overall AUC: a gap shows how much the tag drives the score."
 )
 UNSEEN_MARK = "(unseen in training)"
+# The levels of limbscan.operating_points, in the words a reader sees.
+OPERATING_POINT_NAMES: dict[str, str] = {"likely": "likely (balanced)", "suspected": "suspected (high sensitivity)"}
 LOCALISATION_NAMES: dict[str, str] = {
     "n": "images with lesion boxes",
     "ap50": "box AP @ IoU 0.5",
@@ -141,6 +143,10 @@ def _threshold_line(metrics: Mapping[str, Any]) -> str:
     target = metrics.get("target_sensitivity")
     how = f"target sensitivity {_num(target)}" if method == "sensitivity" or target is not None else "Youden's J"
     line = f"Operating threshold chosen on the validation split ({how}) and applied unchanged to this split."
+    suspected = metrics.get("suspected_sensitivity")
+    if suspected is not None:
+        line += (f" So was a second, high-sensitivity threshold ('suspected': the most specific reaching "
+                 f"sensitivity {_num(suspected)} on validation).")
     if metrics.get("split") == "val":
         line += " This report IS the validation split, so its sensitivity and specificity are optimistic."
     return line
@@ -198,6 +204,47 @@ def _scenario_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
             _Block("h3", "Confusion counts at the operating threshold"),
             _table(["scenario", "TP", "FN", "FP", "TN"], confusion),
         ]
+    return blocks
+
+
+def _operating_point_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
+    """Sensitivity and specificity at each operating point: on this split, and on validation
+    where the point was chosen (the reader sees how much of the target carried over)."""
+    scenarios: Mapping[str, Mapping[str, Any]] = metrics.get("scenarios", {})
+    rows, notes, missing = [], [], []
+    for name, s in scenarios.items():
+        points = s.get("operating_points")
+        if not points:
+            continue
+        for level, label in OPERATING_POINT_NAMES.items():
+            p = points.get(level)
+            if p is None:
+                if level == "suspected":
+                    missing.append(name)
+                continue
+            c = p.get("confusion") or {}
+            rows.append([name, label, str(p.get("rule", "")), _num(p.get("threshold")),
+                         _with_ci(p.get("sensitivity"), p.get("sensitivity_ci95")),
+                         _with_ci(p.get("specificity"), p.get("specificity_ci95")),
+                         *(_num(c.get(k)) for k in ("tp", "fn", "fp", "tn")),
+                         _num(p.get("val_sensitivity")), _num(p.get("val_specificity"))])
+            if p.get("note"):
+                notes.append(f"{name}, {level}: {p['note']}.")
+    if not rows:
+        return []
+    header = ["scenario", "operating point", "chosen by", "threshold", "sensitivity [95 % CI]",
+              "specificity [95 % CI]", "TP", "FN", "FP", "TN", "validation sensitivity", "validation specificity"]
+    blocks = [
+        _Block("h3", "Operating points: likely and suspected"),
+        _Block("p", "Both thresholds were chosen on the validation split and are applied here unchanged: at or above "
+                    "the likely one an image is 'likely' abnormal (solid box), between the two 'suspected' (dashed "
+                    "box). The suspected point's figures count every image at or above it, the likely ones included."),
+        _table(header, rows, [False, False, False] + [True] * (len(header) - 3)),
+    ]
+    blocks += [_Block("p", note) for note in notes]
+    if missing:
+        blocks.append(_Block("p", f"No suspected point for {', '.join(missing)}: the bundle was exported before "
+                                  "limbscan chose one; export the run again to get it."))
     return blocks
 
 
@@ -390,6 +437,7 @@ def _blocks(metrics: Mapping[str, Any], title: str, figures: Mapping[str, Path] 
     return [
         *_header_blocks(metrics, title),
         *_scenario_blocks(metrics),
+        *_operating_point_blocks(metrics),
         *_backbone_blocks(metrics),
         *_comparison_blocks(metrics),
         *_body_part_blocks(metrics),

@@ -8,12 +8,13 @@ the radiograph they describe:
   DERIVED with BurnedInAnnotation YES and a Source Image Sequence pointing at the radiograph.
 - **Comprehensive SR** ("sr"): a TID 1500 Imaging Measurement Report written by a DEVICE
   observer (limbscan and its version). One TID 1501 group holds the image-level finding
-  (coded normal / abnormal, the probability, the operating threshold; scenario and bundle in
+  (coded normal / abnormal at the balanced operating point, the level reached — likely,
+  suspected or normal — the probability and both operating thresholds; scenario and bundle in
   the Algorithm Identification's TEXT items); one TID 1410 group per detection (best 5) holds
   its box as a closed POLYLINE on the source image, in the source's pixel coordinates, with
   its score.
 
-Codes (every one a published concept, as pydicom's code dictionary lists them):
+Codes (published concepts, as pydicom's code dictionary lists them, except the last three rows):
 
 =============================  ===============================================================
 the evaluation                 DCM 121402 "Normality" (the concept CID 222's values answer)
@@ -24,11 +25,22 @@ detection finding type         SCT 52988006 "Lesion": the model flags abnormalit
                                claimed
 probability / score            DCM 122157 "Probability", unit UCUM "{probability}" (an
                                annotation of the unity unit "1")
-operating threshold            DCM 122411 "Threshold Value", same unit
+balanced ("likely") threshold  DCM 122411 "Threshold Value", same unit
 finding site                   the CID 4031 code PS3.16 Annex L gives the body part's
                                BodyPartExamined term (e.g. LEG -> SCT 30021000 "Lower leg")
 procedure reported             SCT 168537006 "Plain radiography"
+high-sensitivity threshold     99LIMBSCAN SUSP-THRESHOLD "High-sensitivity threshold value"
+                               (NUM, unit as above; absent for a bundle without one)
+the level (CODE evaluation)    99LIMBSCAN LEVEL "limbscan finding level"
+its value                      99LIMBSCAN LIKELY "Likely abnormal" / SUSPECTED "Suspected
+                               abnormal" / NORMAL "Below both operating points"
 =============================  ===============================================================
+
+No published concept names "the level a model's operating points put an image at" (DCM 111012
+"Certainty of Finding" is a number, SCT 415684004 "Suspected" has no "likely" beside it), so
+these three are local codes under the private designator 99LIMBSCAN (PS3.16 section 8.2's
+"99" prefix), declared in the SR's Coding Scheme Identification Sequence. A reader that knows
+only published codes still finds Normality and Threshold Value where they always were.
 
 highdicom and pydicom quote header values (the patient's name among them) in warnings and
 log records: those are held back while the objects are built, and any error is redacted
@@ -47,6 +59,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -54,6 +67,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from limbscan.errors import BadInputError
 from limbscan.io.dicom import read_dataset, redact
 from limbscan.io.images import sniff_format
+from limbscan.operating_points import LIKELY, NORMAL, SUSPECTED, level_of
 from limbscan.utils.files import atomic_file
 
 KINDS = ("sc", "sr")
@@ -67,13 +81,24 @@ SR_SERIES_NUMBER = 9902
 
 NORMALITY = codes.DCM.Normality
 ABNORMAL = codes.SCT.Abnormal
-NORMAL = codes.SCT.Normal
+NORMAL_CODE = codes.SCT.Normal
 IMAGING_FINDING = codes.SCT.ImagingFinding
 LESION = codes.SCT.Lesion
 PROBABILITY = codes.DCM.Probability
 THRESHOLD = codes.DCM.ThresholdValue
 PROBABILITY_UNIT = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
 PROCEDURE = codes.SCT.PlainRadiography
+LOCAL_SCHEME = "99LIMBSCAN"
+LOCAL_SCHEME_ITEM = CodingSchemeIdentificationItem(
+    designator=LOCAL_SCHEME, name="limbscan local codes", responsible_organization=MANUFACTURER
+)
+SUSPECTED_THRESHOLD = hd.sr.CodedConcept("SUSP-THRESHOLD", LOCAL_SCHEME, "High-sensitivity threshold value")
+LEVEL = hd.sr.CodedConcept("LEVEL", LOCAL_SCHEME, "limbscan finding level")
+LEVEL_CODES = {
+    LIKELY: hd.sr.CodedConcept("LIKELY", LOCAL_SCHEME, "Likely abnormal"),
+    SUSPECTED: hd.sr.CodedConcept("SUSPECTED", LOCAL_SCHEME, "Suspected abnormal"),
+    NORMAL: hd.sr.CodedConcept("NORMAL", LOCAL_SCHEME, "Below both operating points"),
+}
 # limbscan body part -> PS3.16 Annex L (CID 4031) code of the matching BodyPartExamined term.
 BODY_PART_CODES = {
     "toe": codes.SCT.Toe,
@@ -222,17 +247,19 @@ def structured_report(
         parameters=_algorithm_parameters(prediction, manifest),
     )
     sites = _finding_sites(prediction.get("body_part"))
+    measurements = [_probability(PROBABILITY, prediction["probability"]),
+                    _probability(THRESHOLD, prediction["threshold"])]
+    if prediction.get("suspected_threshold") is not None:
+        measurements.append(_probability(SUSPECTED_THRESHOLD, prediction["suspected_threshold"]))
     finding = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="limbscan image finding"),
         finding_type=IMAGING_FINDING,
         algorithm_id=algorithm,
         finding_sites=sites,
-        measurements=[
-            _probability(PROBABILITY, prediction["probability"]),
-            _probability(THRESHOLD, prediction["threshold"]),
-        ],
+        measurements=measurements,
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(NORMALITY, ABNORMAL if prediction["label"] == "abnormal" else NORMAL)
+            hd.sr.QualitativeEvaluation(NORMALITY, ABNORMAL if prediction["label"] == "abnormal" else NORMAL_CODE),
+            hd.sr.QualitativeEvaluation(LEVEL, LEVEL_CODES[_level(prediction)]),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(header.SOPClassUID), str(header.SOPInstanceUID))],
     )
@@ -282,6 +309,7 @@ def structured_report(
         series_description=SR_SERIES_DESCRIPTION,
         manufacturer_model_name=MANUFACTURER,
         software_versions=version,
+        coding_schemes=[LOCAL_SCHEME_ITEM],
     )
 
 
@@ -302,7 +330,7 @@ def device_uid(version: str) -> str:
 
 def _algorithm_parameters(prediction: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
     params = [f"scenario={prediction['scenario']}"]
-    for key in ("threshold_rule", "created", "data_hash"):
+    for key in ("threshold_rule", "suspected_sensitivity", "created", "data_hash"):
         if manifest.get(key):
             params.append(f"bundle {key}={manifest[key]}")
     return params
@@ -311,6 +339,12 @@ def _algorithm_parameters(prediction: Mapping[str, Any], manifest: Mapping[str, 
 def _probability(name: Any, value: object) -> hd.sr.Measurement:
     # The group's Algorithm Identification covers its measurements; no copy per value.
     return hd.sr.Measurement(name=name, value=float(value), unit=PROBABILITY_UNIT)
+
+
+def _level(prediction: Mapping[str, Any]) -> str:
+    """The level the prediction's probability reaches against its two thresholds."""
+    return level_of(float(prediction["probability"]), float(prediction["threshold"]),
+                    prediction.get("suspected_threshold"))
 
 
 def _finding_sites(body_part: object) -> list[hd.sr.FindingSite] | None:
@@ -329,6 +363,9 @@ def _check_prediction(prediction: Mapping[str, Any], header: Dataset) -> None:
     if missing:
         raise ValueError(f"prediction lacks {missing}")
     size = (prediction.get("width"), prediction.get("height"))
+    if "level" in prediction and prediction["level"] != _level(prediction):
+        raise ValueError(f"prediction's level {prediction['level']!r} disagrees with its probability and thresholds "
+                         f"({_level(prediction)!r})")
     if size != (None, None) and size != (int(header.Columns), int(header.Rows)):
         raise ValueError(f"prediction is for a {size[0]}x{size[1]} image, the DICOM is {header.Columns}x{header.Rows}")
     for det in prediction.get("detections") or []:

@@ -241,7 +241,7 @@ def create_app(
 
     @app.get("/v1/model", dependencies=[Depends(require_token)])
     async def model_info() -> dict:
-        """The bundle's manifest (bundle.json): scenarios, thresholds, preprocessing, file hashes."""
+        """The bundle's manifest (bundle.json): scenarios, operating points, preprocessing, file hashes."""
         return service.model.manifest
 
     @app.post("/v1/predict", dependencies=[Depends(require_token)], openapi_extra=_PREDICT_DOC)

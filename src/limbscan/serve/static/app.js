@@ -7,6 +7,8 @@
   const CONCURRENCY = 2;
   const TOKEN_KEY = "limbscan.token";
   const STATE_ORDER = { done: 0, analysing: 1, queued: 2, error: 3 };
+  // The levels of limbscan.operating_points, as the worklist's badges say them.
+  const LEVEL_TEXT = { likely: "likely abnormal", suspected: "suspected", normal: "normal" };
 
   const $ = (id) => document.getElementById(id);
   const items = [];
@@ -51,8 +53,10 @@
       const manifest = await response.json();
       const scenario = manifest.default_scenario;
       const threshold = manifest.thresholds?.[scenario];
+      const suspected = manifest.operating_points?.[scenario]?.suspected?.threshold;
       const parts = [`model: ${scenario}`];
-      if (typeof threshold === "number") parts.push(`threshold ${threshold.toFixed(2)}`);
+      if (typeof threshold === "number") parts.push(`likely ≥ ${threshold.toFixed(2)}`);
+      if (typeof suspected === "number") parts.push(`suspected ≥ ${suspected.toFixed(2)}`);
       if (manifest.threshold_rule) parts.push(manifest.threshold_rule);
       if (manifest.limbscan_version) parts.push(`limbscan ${manifest.limbscan_version}`);
       $("model-info").textContent = parts.join(" · ");
@@ -165,6 +169,7 @@
         rank += 1;
         row.dataset.probability = item.result.probability;
         row.dataset.label = item.result.label;
+        row.dataset.level = item.result.level;
         row.tabIndex = 0;
         row.className = "selectable" + (item.key === selectedKey ? " selected" : "");
         row.setAttribute("aria-selected", item.key === selectedKey ? "true" : "false");
@@ -181,8 +186,8 @@
       const finding = cell(row, undefined, "finding");
       const probability = cell(row, undefined, "prob");
       if (done) {
-        finding.appendChild(badge(item.result.label, item.result.label));
-        probability.appendChild(probabilityBar(item.result.probability, item.result.threshold));
+        finding.appendChild(badge(LEVEL_TEXT[item.result.level], item.result.level));
+        probability.appendChild(probabilityBar(item.result));
       } else if (item.state === "error") {
         finding.appendChild(badge("not read", "error"));
         const reason = document.createElement("span");
@@ -198,7 +203,8 @@
     summarise();
   }
 
-  function probabilityBar(probability, threshold) {
+  function probabilityBar(result) {
+    const { probability, threshold, level } = result;
     const wrap = document.createElement("span");
     wrap.className = "pbar";
     const value = document.createElement("span");
@@ -208,14 +214,21 @@
     track.className = "ptrack";
     track.setAttribute("aria-hidden", "true");
     const fill = document.createElement("span");
-    fill.className = "pfill" + (probability >= threshold ? " over" : "");
+    fill.className = `pfill ${level}`;
     fill.style.width = `${Math.round(probability * 100)}%`;
-    const mark = document.createElement("span");
-    mark.className = "pmark";
-    mark.style.left = `${Math.round(threshold * 100)}%`;
-    track.append(fill, mark);
+    track.append(fill, thresholdMark(threshold, "pmark"));
+    if (typeof result.suspected_threshold === "number") {
+      track.append(thresholdMark(result.suspected_threshold, "pmark suspected"));
+    }
     wrap.append(value, track);
     return wrap;
+  }
+
+  function thresholdMark(threshold, className) {
+    const mark = document.createElement("span");
+    mark.className = className;
+    mark.style.left = `${Math.round(threshold * 100)}%`;
+    return mark;
   }
 
   function summarise() {
@@ -224,8 +237,9 @@
       return;
     }
     const count = (state) => items.filter((item) => item.state === state).length;
-    const abnormal = items.filter((item) => item.state === "done" && item.result.label === "abnormal").length;
-    const parts = [`${items.length} image${items.length === 1 ? "" : "s"}`, `${abnormal} flagged abnormal`];
+    const level = (name) => items.filter((item) => item.state === "done" && item.result.level === name).length;
+    const parts = [`${items.length} image${items.length === 1 ? "" : "s"}`, `${level("likely")} likely abnormal`,
+      `${level("suspected")} suspected`];
     const pending = count("queued") + count("analysing");
     if (pending) parts.push(`${pending} in progress`);
     if (count("error")) parts.push(`${count("error")} not read`);
@@ -248,11 +262,12 @@
       if (overlayUrl) URL.revokeObjectURL(overlayUrl);
       overlayUrl = URL.createObjectURL(blob);
       const img = $("overlay");
-      img.alt = `${item.name}: ${result.label}, probability ${result.probability.toFixed(3)}`;
+      img.alt = `${item.name}: ${LEVEL_TEXT[result.level]}, probability ${result.probability.toFixed(3)}`;
       img.src = overlayUrl;
       img.hidden = false;
       $("viewer-caption").textContent = result.detections.length
-        ? "Red: the model’s lesion proposals (thickest: the strongest)."
+        ? "Red: the model’s lesion proposals (thickest: the strongest); solid where likely abnormal, dashed where "
+          + "suspected, dotted below both thresholds."
         : "No lesion proposed.";
     } catch (err) {
       if (selectedKey !== item.key) return;
@@ -263,10 +278,13 @@
 
   function showDetails(result) {
     const rows = [
-      ["Finding", result.label],
+      ["Finding", LEVEL_TEXT[result.level]],
       ["P(abnormal)", result.probability.toFixed(3)],
-      ["Threshold", `${result.threshold.toFixed(3)} (${result.scenario})`],
+      ["Likely from", `${result.threshold.toFixed(3)} (${result.scenario}, balanced)`],
     ];
+    if (typeof result.suspected_threshold === "number") {
+      rows.push(["Suspected from", `${result.suspected_threshold.toFixed(3)} (high sensitivity)`]);
+    }
     for (const [scenario, score] of Object.entries(result.scores || {})) {
       if (scenario !== result.scenario) rows.push([`Score, ${scenario}`, score.toFixed(3)]);
     }
