@@ -350,6 +350,8 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         "pixel_mean": float(first["pixel_mean"]),
         "pixel_std": float(first["pixel_std"]),
         "whole_image_size": whole.get("input_size"),
+        "whole_image_resize": whole.get("image_resize", "letterbox") if whole else None,
+        "whole_image_tta_flip": bool(whole.get("tta_flip", False)) if whole else None,
         "crop_size": cascade.get("input_size"),
         "crop_margin": cascade.get("crop_margin"),
         "top_k": cascade.get("top_k"),
@@ -388,8 +390,10 @@ def export_onnx(bundle: Path, scenarios: list[str]) -> tuple[dict[str, str], dic
                                                 "probability": {0: "batch"}})
         _check_classifier(model, path, size)
         files[name] = path.relative_to(bundle).as_posix()
-        notes[name] = (f"input 'image' [B, 1, {size}, {size}] float32 in [0, 1], letterboxed as limbscan does; "
-                       "outputs 'logit' [B] and 'probability' [B]")
+        resize = extra.get("image_resize", "letterbox")
+        tta = " (limbscan averages it with the mirrored image's)" if extra.get("tta_flip") else ""
+        notes[name] = (f"input 'image' [B, 1, {size}, {size}] float32 in [0, 1], {resize}ed as limbscan does; "
+                       f"outputs 'logit' [B] and 'probability' [B]{tta}")
     if "detector" in scenarios:
         path = folder / "detector.onnx"
         try:

@@ -24,7 +24,9 @@ import yaml
 from limbscan.errors import LimbscanError
 
 # The closed sets of values (``typing.get_args(Schedule)`` gives the tuple of names).
-Schedule = Literal["cosine", "step", "constant"]  # after warm-up
+Schedule = Literal["cosine", "step", "constant", "onecycle"]  # after warm-up (onecycle: its own)
+Optimizer = Literal["sgd", "adamw"]
+Resize = Literal["letterbox", "squash"]  # how an image becomes the whole-image classifier's square input
 Balance = Literal["sampler", "loss", "none"]  # class imbalance
 CascadeInit = Literal["imagenet", "whole-image"]
 CascadeScore = Literal["crop", "geomean"]
@@ -42,6 +44,15 @@ class AugmentConfig:
     rotate_degrees: float = 15.0  # uniform in [-d, d]
     shift_fraction: float = 0.10  # of width / height, each axis uniform in [-f, f]
     scale_range: tuple[float, float] = (0.85, 1.15)
+    # Beyond the paper, each drawn independently after its one op (0 = off, the paper's policy):
+    p_hflip: float = 0.0  # a horizontal flip (left and right limbs look alike)
+    # "Another hospital": with probability p_source, one of aspect / gamma / contrast, each from
+    # its range, and independently an inverted exposure with probability p_invert.
+    p_source: float = 0.0
+    aspect_range: tuple[float, float] = (0.8, 1.25)  # width / height stretch (boxes follow)
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    contrast_range: tuple[float, float] = (0.7, 1.3)
+    p_invert: float = 0.0  # a MONOCHROME1-looking image: 1 - pixels
 
     def probabilities(self) -> dict[str, float]:
         return {
@@ -86,7 +97,11 @@ class ClassifierConfig:
 
     backbone: str = "efficientnet_lite0"  # a name in limbscan.models.backbones
     pretrained: bool = True  # ImageNet weights from a local source; never downloaded
-    image_size: int = 320  # whole-image input, square (letterboxed)
+    image_size: int = 320  # whole-image input, square
+    # letterbox: longest side to image_size, padded (keeps the aspect ratio); squash: resized to
+    # image_size x image_size (every input pixel is image, the aspect ratio is lost).
+    image_resize: Resize = "letterbox"
+    tta_flip: bool = False  # whole-image: average the probability of the image and its mirror
     crop_size: int = 200  # cascade crop input, square (the paper's 200 x 200)
     crop_margin: float = 0.15  # share of the box's width / height added on each side
     top_k: int = 1  # cascade: crops per image; image score from the best of them (see cascade_score)
@@ -135,7 +150,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    schedule: Schedule = "cosine"  # cosine | step | constant (after warm-up)
+    schedule: Schedule = "cosine"  # cosine | step | constant (after warm-up) | onecycle
+    optimizer: Optimizer = "sgd"  # sgd (momentum) | adamw
     balance: Balance = "sampler"  # sampler | loss | none (class imbalance)
     amp: bool = True  # CUDA only
     channels_last: bool = True  # CUDA only
@@ -166,6 +182,45 @@ class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    # Per-scenario overrides of the keys above, e.g. ``{"whole-image": {"train": {"optimizer":
+    # "adamw"}}}`` or dotted ``{"whole-image": {"train.optimizer": "adamw"}}``: that scenario's
+    # stage trains (and its checkpoint records) the config with them applied (:func:`stage_config`).
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# Keys every stage of a run must share: the cache the images are read from, the split, the
+# training sources and the scenario list.
+_SHARED_KEYS = ("stages", "data.cache", "data.split", "data.auxiliary", "data.auxiliary_share", "train.scenario")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def stage_config(cfg: Config, name: str) -> Config:
+    """The config scenario ``name``'s stage trains with: ``cfg`` with ``cfg.stages[name]`` applied
+    (``cfg`` itself when there are none). An override of a shared key (the cache, the split, the
+    training data, the scenario list) is refused, as is an unknown key or a bad value."""
+    overrides = _flatten(cfg.stages.get(name) or {})
+    if not overrides:
+        return cfg
+    tree = config_to_dict(cfg)
+    tree["stages"] = {}
+    for key, value in overrides.items():
+        if any(key == k or key.startswith(k + ".") for k in _SHARED_KEYS):
+            raise LimbscanError(f"config: stages.{name}.{key}: every stage of a run shares this key; set it at the top")
+        _set_dotted(tree, key, value)
+    try:
+        return check_config(_build(Config, tree, ""))
+    except LimbscanError as err:
+        raise LimbscanError(str(err).replace("config: ", f"config: stages.{name}: ", 1)) from None
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -198,7 +253,14 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _leaf(hint: Any, value: Any, key: str, from_text: bool = False) -> Any:
     """``value`` checked against the field type ``hint``; lists become tuples, and with
     ``from_text`` a numeric string becomes a float where a float is declared."""
+    if hint is Any:
+        return value
     origin = typing.get_origin(hint)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict) or not all(isinstance(k, key_type) for k in value):
+            raise LimbscanError(f"config: {key} {value!r} must be a mapping")
+        return {k: _leaf(value_type, v, f"{key}.{k}", from_text) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):  # X | None: null allowed
         if value is None and type(None) in typing.get_args(hint):
             return None
@@ -279,6 +341,12 @@ def _check_augment(cfg: AugmentConfig, where: str) -> None:
     _range(f"{where}.shift_fraction", cfg.shift_fraction, 0 <= cfg.shift_fraction <= 1, "in [0, 1]")
     lo, hi = cfg.scale_range
     _range(f"{where}.scale_range", cfg.scale_range, 0 < lo <= hi, "0 < low <= high")
+    for name in ("p_hflip", "p_source", "p_invert"):
+        p = getattr(cfg, name)
+        _range(f"{where}.{name}", p, 0 <= p <= 1, "a probability in [0, 1]")
+    for name in ("aspect_range", "gamma_range", "contrast_range"):
+        lo, hi = getattr(cfg, name)
+        _range(f"{where}.{name}", getattr(cfg, name), 0 < lo <= hi, "0 < low <= high")
 
 
 def _check_split(cfg: SplitConfig, where: str) -> None:
@@ -337,12 +405,24 @@ def _check_data(cfg: DataConfig, where: str) -> None:
            "a list of dataset folders")
 
 
+def _check_stages(cfg: Config, where: str) -> None:
+    from limbscan.scenarios import info  # torch-free; its error lists the names
+
+    for name in cfg.stages:
+        try:
+            info(name)
+        except LimbscanError as err:
+            raise LimbscanError(f"config: stages.{name}: {err}") from None
+        stage_config(cfg, name)
+
+
 def _check_cache(cfg: CacheConfig, where: str) -> None:
     _positive(where, cfg, "longest_side")
     _non_negative(where, cfg, "workers")
 
 
 _RULES: dict[type, Any] = {
+    Config: _check_stages,
     DataConfig: _check_data,
     AugmentConfig: _check_augment,
     CacheConfig: _check_cache,

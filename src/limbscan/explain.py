@@ -106,7 +106,9 @@ def gradcam(model: Predictor, pixels: np.ndarray, prediction: Prediction) -> np.
     # The scenario's own input: the letterboxed image, or the top crop cut exactly as it was cut.
     finding = Finding(prediction.probability, [d.box for d in prediction.detections])
     x, (x0, y0, x1, y1) = scenario.explain_input(image, finding)
-    cam = _unletterbox(_cam(model.classifier(name), x[None]), y1 - y0, x1 - x0)
+    cam = _cam(model.classifier(name), x[None])
+    if scenario.input_resize == "letterbox":  # a squashed input's map covers the window whole
+        cam = _unletterbox(cam, y1 - y0, x1 - x0)
     # Pasted at the preprocessed scale, then the whole map resized once: the window's edges
     # land where the classifier's input did, in the original pixels; zero where it saw nothing.
     full = np.zeros((h, w), dtype=np.float32)

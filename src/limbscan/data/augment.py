@@ -2,6 +2,8 @@
 
 Each sample, each epoch, exactly one of: untouched (80 %), horizontal flip, rotation, shift or
 scale (5 % each). The probabilities and ranges live in :class:`limbscan.config.AugmentConfig`.
+Beyond the paper, and off unless configured (:class:`SourceAugment`): an independent horizontal
+flip, and what differs between hospitals (aspect ratio, gamma, contrast, an inverted exposure).
 Everything is torchvision ``transforms.v2`` on ``tv_tensors``, so lesion boxes (XYXY) and
 masks move with the image; a lesion moved wholly out of frame is dropped with its mask and
 label by ``v2.SanitizeBoundingBoxes``.
@@ -9,11 +11,13 @@ label by ``v2.SanitizeBoundingBoxes``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from limbscan.config import AugmentConfig, check_config
 
@@ -55,6 +59,7 @@ class PaperAugment(torch.nn.Module):
         )
         self.sanitize = v2.SanitizeBoundingBoxes()  # finds target["labels"] itself
         self.last_op = "none"
+        self.source = SourceAugment(cfg)
 
     def forward(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         image, target = _wrap(image, target)
@@ -62,15 +67,73 @@ class PaperAugment(torch.nn.Module):
         # DataLoader worker seeding govern the op and its parameters alike.
         op = OPS[int(torch.multinomial(self.p, 1))]
         self.last_op = op
-        if op == "none":
-            return image, target
-        image, target = self.ops[op](image, target)
-        if op != "flip":  # a flip keeps every box inside the frame
-            image, target = self.sanitize(image, target)
-        return image, target
+        if op != "none":
+            image, target = self.ops[op](image, target)
+            if op != "flip":  # a flip keeps every box inside the frame
+                image, target = self.sanitize(image, target)
+        return self.source(image, target)
 
     def extra_repr(self) -> str:
         return ", ".join(f"p_{name}={p:g}" for name, p in zip(OPS, self.p.tolist()))
+
+
+class SourceAugment(torch.nn.Module):
+    """What the paper's policy leaves out, each drawn independently (all off by default):
+
+    - ``p_hflip``: a horizontal flip;
+    - ``p_source``: one of an aspect-ratio stretch (log-uniform in ``aspect_range``; boxes and
+      masks follow), a gamma or a contrast change, as another hospital's detector and
+      processing would give;
+    - ``p_invert``: ``1 - pixels``, an exposure that looks MONOCHROME1 (a reader may mishandle it).
+
+    ``last`` names what was applied to the latest sample.
+    """
+
+    KINDS = ("aspect", "gamma", "contrast")
+
+    def __init__(self, cfg: AugmentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.flip = v2.RandomHorizontalFlip(p=1.0)
+        self.last: list[str] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cfg.p_hflip or self.cfg.p_source or self.cfg.p_invert)
+
+    def forward(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.last = []
+        if not self.active:
+            return image, target
+        cfg = self.cfg
+        if _chance(cfg.p_hflip):
+            image, target = self.flip(image, target)
+            self.last.append("hflip")
+        if _chance(cfg.p_source):
+            kind = self.KINDS[int(torch.randint(len(self.KINDS), ()))]
+            self.last.append(kind)
+            if kind == "aspect":
+                lo, hi = (math.log(v) for v in cfg.aspect_range)
+                ratio = math.exp(_uniform(lo, hi))
+                h, w = image.shape[-2:]
+                size = [max(1, round(h / math.sqrt(ratio))), max(1, round(w * math.sqrt(ratio)))]
+                image, target = v2.Resize(size, antialias=True)(image, target)
+            elif kind == "gamma":
+                image = F.adjust_gamma(image, _uniform(*cfg.gamma_range))
+            else:
+                image = F.adjust_contrast(image, _uniform(*cfg.contrast_range))
+        if _chance(cfg.p_invert):
+            image = F.invert(image)
+            self.last.append("invert")
+        return image, target
+
+
+def _chance(p: float) -> bool:
+    return p > 0 and float(torch.rand(())) < p
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand(()))
 
 
 def _wrap(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:

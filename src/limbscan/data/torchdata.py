@@ -86,6 +86,25 @@ def letterbox(image: torch.Tensor, size: int) -> torch.Tensor:
     return _pad_centred(image, size)
 
 
+def squash(image: torch.Tensor, size: int) -> torch.Tensor:
+    """[C, H, W] -> [C, size, size]: resized to the square, aspect ratio not kept (antialiased)."""
+    if size < 1:
+        raise ValueError(f"squash size must be a positive number of pixels, got {size}")
+    image = _as_chw(image)
+    if tuple(image.shape[-2:]) != (size, size):
+        image = TF.resize(image, [size, size], antialias=True)
+    return image
+
+
+def square_input(image: torch.Tensor, size: int, resize: str = "letterbox") -> torch.Tensor:
+    """The whole-image classifier's square input: :func:`letterbox` or :func:`squash` (``classifier.image_resize``)."""
+    if resize == "squash":
+        return squash(image, size)
+    if resize != "letterbox":
+        raise ValueError(f"image_resize must be letterbox or squash, got {resize!r}")
+    return letterbox(image, size)
+
+
 def crop_window(
     box_xyxy: Sequence[float] | torch.Tensor,
     image_hw: tuple[int, int],
@@ -254,11 +273,12 @@ def _load(ds: Dataset, image: dict, cache_side: int) -> torch.Tensor:
 
 # -- datasets ------------------------------------------------------------------------------
 class WholeImageDataset(TorchDataset):
-    """(Tensor[1, S, S], float label): the whole image, augmented, letterboxed to ``image_size``.
+    """(Tensor[1, S, S], float label): the whole image, augmented, letterboxed (or squashed,
+    ``resize="squash"``) to ``image_size``.
 
-    The image is shrunk to fit ``image_size`` first and padded last: augmenting the small
-    image costs a fraction of augmenting the cached one, and the padding still comes after
-    the augmentation, so a shift or rotation moves the limb, not a black border.
+    The image is shrunk to fit ``image_size`` first and padded (or squashed) last: augmenting
+    the small image costs a fraction of augmenting the cached one, and the padding still comes
+    after the augmentation, so a shift or rotation moves the limb, not a black border.
     """
 
     def __init__(
@@ -268,12 +288,14 @@ class WholeImageDataset(TorchDataset):
         cache_side: int,
         image_size: int,
         augment: torch.nn.Module | None = None,
+        resize: str = "letterbox",
     ):
         self.ds = ds
         self.images = list(images)
         self.cache_side = cache_side
         self.image_size = image_size
         self.augment = augment
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.images)
@@ -286,11 +308,11 @@ class WholeImageDataset(TorchDataset):
         image = self.images[index]
         pixels = _load(self.ds, image, self.cache_side)
         h, w = pixels.shape[-2:]
-        nh, nw = _fit(h, w, self.image_size)
+        nh, nw = (self.image_size, self.image_size) if self.resize == "squash" else _fit(h, w, self.image_size)
         if (nh, nw) != (h, w):
             pixels = TF.resize(pixels, [nh, nw], antialias=True)
         pixels = _augment_image(self.augment, pixels)
-        return _pad_centred(pixels, self.image_size), float(image["label"])
+        return square_input(pixels, self.image_size, self.resize), float(image["label"])
 
 
 class DetectionDataset(TorchDataset):

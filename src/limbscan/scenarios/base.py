@@ -184,6 +184,8 @@ class Scenario(ABC):
     name: ClassVar[str]
     cache_side: int
     classifier: nn.Module | None = None
+    # How explain_input's square input shows its window: "letterbox" (padded) or "squash".
+    input_resize: str = "letterbox"
 
     @classmethod
     @abstractmethod

@@ -1,5 +1,6 @@
-"""``whole-image``: the MURA-style baseline. A CNN sees the whole image, letterboxed to a square;
-image score = sigmoid(logit). No box."""
+"""``whole-image``: the MURA-style baseline. A CNN sees the whole image, letterboxed (or squashed,
+``classifier.image_resize``) to a square; image score = sigmoid(logit), or with
+``classifier.tta_flip`` the mean of that and the mirrored image's. No box."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from limbscan.data.torchdata import WholeImageDataset, join_sources, letterbox
+from limbscan.data.torchdata import WholeImageDataset, join_sources, square_input
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
 from limbscan.scenarios.stage import ClassifierStage, RunData, train_loader, validate_scenario
@@ -17,31 +18,48 @@ from limbscan.scenarios.stage import ClassifierStage, RunData, train_loader, val
 class WholeImageScenario(Scenario):
     name = "whole-image"
 
-    def __init__(self, classifier: nn.Module, input_size: int, cache_side: int, classify: Classify | None = None):
+    def __init__(
+        self,
+        classifier: nn.Module,
+        input_size: int,
+        cache_side: int,
+        classify: Classify | None = None,
+        resize: str = "letterbox",
+        tta_flip: bool = False,
+    ):
         self.classifier = classifier
         self.classify = classify or classifier
         self.input_size = int(input_size)
         self.cache_side = int(cache_side)
+        self.input_resize = resize
+        self.tta_flip = bool(tta_flip)
 
     @classmethod
     def load(cls, store: ModelStore) -> WholeImageScenario:
         model, extra = store.classifier(cls.name)
-        return cls(model, int(extra["input_size"]), int(extra["cache_side"]), store.classify(cls.name))
+        # Checkpoints from before the options letterboxed and did not mirror.
+        return cls(model, int(extra["input_size"]), int(extra["cache_side"]), store.classify(cls.name),
+                   str(extra.get("image_resize", "letterbox")), bool(extra.get("tta_flip", False)))
 
     def inputs(self, images: list[ImageInput]) -> Tensor:
         import torch
 
-        return torch.stack([letterbox(im.pixels, self.input_size) for im in images])
+        return torch.stack([square_input(im.pixels, self.input_size, self.input_resize) for im in images])
 
     def score(self, batch: Batch) -> list[Finding]:
-        return [Finding(p) for p in probabilities(self.classify, self.inputs(batch.images))]
+        x = self.inputs(batch.images)
+        p = probabilities(self.classify, x)
+        if self.tta_flip:
+            mirrored = probabilities(self.classify, x.flip(-1))
+            p = [(a + b) / 2 for a, b in zip(p, mirrored)]
+        return [Finding(v) for v in p]
 
     def settings(self) -> dict[str, Any]:
-        return {"input_size": self.input_size}
+        return {"input_size": self.input_size, "image_resize": self.input_resize, "tta_flip": self.tta_flip}
 
     def explain_input(self, image: ImageInput, finding: Finding) -> tuple[Tensor, tuple[int, int, int, int]]:
         h, w = image.pixels.shape[-2:]
-        return letterbox(image.pixels, self.input_size), (0, 0, int(w), int(h))
+        return square_input(image.pixels, self.input_size, self.input_resize), (0, 0, int(w), int(h))
 
     @classmethod
     def make_stage(cls, run: RunData, out: RunDir, resume: bool = False, progress: bool = False) -> WholeImageStage:
@@ -49,15 +67,16 @@ class WholeImageScenario(Scenario):
 
 
 class WholeImageStage(ClassifierStage):
-    """The whole image, augmented, letterboxed; one logit."""
+    """The whole image, augmented, letterboxed or squashed; one logit."""
 
     name = WholeImageScenario.name
 
     def __init__(self, run: RunData):
         super().__init__(run, run.cfg.classifier.image_size)
-        size = run.cfg.classifier.image_size
+        c = run.cfg.classifier
+        self.checkpoint_extra.update(image_resize=c.image_resize, tta_flip=bool(c.tta_flip))
         self.train_set = join_sources([
-            WholeImageDataset(source.ds, source.images, run.cache_side, size, self.augment)
+            WholeImageDataset(source.ds, source.images, run.cache_side, c.image_size, self.augment, c.image_resize)
             for source in run.train_sources
         ])
         self._set_pos_weight(self.train_set.labels)
@@ -68,5 +87,6 @@ class WholeImageStage(ClassifierStage):
                             t.batch_size, t.balance)
 
     def validate(self, model: nn.Module) -> dict[str, float | None]:
-        scenario = WholeImageScenario(model, self.cfg.classifier.image_size, self.run.cache_side)
+        c = self.cfg.classifier
+        scenario = WholeImageScenario(model, c.image_size, self.run.cache_side, None, c.image_resize, c.tta_flip)
         return validate_scenario(scenario, self.run)

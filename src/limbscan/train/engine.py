@@ -3,9 +3,10 @@
 A stage says what to train and how to score it (:class:`Stage`); :func:`fit` does the rest the same
 way for all of them, in the manner of torchvision's ``references/detection``:
 
-- SGD with momentum over the stage's parameter groups, each carrying its own learning rate (the
-  paper: backbone + RPN 1e-3, heads 1e-4); a linear warm-up, then a cosine / step / constant
-  schedule, stepped per optimiser step (``LambdaLR``);
+- SGD with momentum (or AdamW, ``train.optimizer``) over the stage's parameter groups, each
+  carrying its own learning rate (the paper: backbone + RPN 1e-3, heads 1e-4); a linear warm-up,
+  then a cosine / step / constant schedule, or a one-cycle schedule, stepped per optimiser step
+  (``LambdaLR``);
 - gradients clipped by their total L2 norm (all parameters together) at ``train.grad_clip``;
 - AMP (``torch.autocast`` + ``GradScaler``) and channels-last memory only on CUDA: on CPU both cost
   time and change numerics for nothing;
@@ -69,6 +70,9 @@ SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # the config's choices
 # detection recipe drops at epochs 16 and 22, about 2/3 and 8/9 of the way).
 STEP_MILESTONES = (2 / 3, 8 / 9)
 STEP_GAMMA = 0.1
+# One-cycle, as torch.optim.lr_scheduler.OneCycleLR's defaults: from lr / 25 up to lr over the
+# first 30 % of the steps, then cosine down to lr / 25e4 (``train.warmup_steps`` is not used).
+ONECYCLE_PCT, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 @runtime_checkable
@@ -124,6 +128,8 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
     """The learning-rate multiplier after ``step`` optimiser steps: linear warm-up, then ``schedule``."""
     if schedule not in SCHEDULES:
         raise LimbscanError(f"config: train.schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if schedule == "onecycle":
+        return _one_cycle(total_steps)
     # A short run (a demo, a search trial) would otherwise spend all of itself warming up.
     warmup_steps = max(0, min(int(warmup_steps), total_steps // MAX_WARMUP_SHARE))
     decay_steps = max(1, total_steps - warmup_steps)
@@ -140,11 +146,28 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
     return factor
 
 
-def build_optimizer(groups: list[dict], cfg: Config) -> torch.optim.SGD:
-    """SGD with momentum; groups without their own lr / weight decay take the config's backbone values."""
+def _one_cycle(total_steps: int) -> Callable[[int], float]:
+    up = max(1, round(ONECYCLE_PCT * total_steps))
+    down = max(1, total_steps - up)
+    start, end = 1.0 / ONECYCLE_DIV, 1.0 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+
+    def factor(step: int) -> float:
+        if step < up:
+            return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / up))
+        progress = min(1.0, (step - up) / down)
+        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(groups: list[dict], cfg: Config) -> torch.optim.Optimizer:
+    """``train.optimizer``: SGD with momentum, or AdamW (decoupled weight decay); groups without
+    their own lr / weight decay take the config's backbone values."""
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
     if not groups:
         raise LimbscanError("training: the stage has no trainable parameters")
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr_backbone, weight_decay=cfg.train.weight_decay)
     return torch.optim.SGD(
         groups, lr=cfg.train.lr_backbone, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
     )

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch.distributed as dist
 
-from limbscan.config import Config, check_config
+from limbscan.config import Config, check_config, stage_config
 from limbscan.data.cache import build_cache
 from limbscan.data.dataset import Dataset
 from limbscan.data.torchdata import pixel_stats
@@ -165,8 +166,10 @@ def train(
             # Each stage starts from the same seed, so it builds the same initial model whether or
             # not the stages before it ran in this process (a resumed run may skip them).
             seed_everything(cfg.train.seed)
-            stage = make_stage(name, run, folder, resume, progress)
-            results[name] = fit(stage, out, cfg, resume=resume, progress=progress)
+            # The scenario's own overrides (`stages:` in the config) apply to its stage alone.
+            stage_cfg = stage_config(cfg, name)
+            stage = make_stage(name, replace(run, cfg=stage_cfg), folder, resume, progress)
+            results[name] = fit(stage, out, stage_cfg, resume=resume, progress=progress)
             del stage
         if info.is_main:
             # Stages trained into this folder by earlier calls (e.g. the detector before a
