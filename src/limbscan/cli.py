@@ -309,18 +309,23 @@ def search_cmd(
     overrides: Overrides = None,
     trials: Annotated[Optional[int], typer.Option(help="Number of trials (default: search.trials).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed (default: train.seed).")] = None,
+    folds: Annotated[Optional[int], typer.Option(
+        "--folds", help="Score each trial by K-fold cross-validation by patient over train + val (as `limbscan cv`, "
+                        "the same folds for every trial) and rank by mean fold AUC; default: the validation split.")
+    ] = None,
     aux: AuxOpt = None,
     quiet: Quiet = False,
 ) -> None:
-    """Random search on the validation split; writes search.csv, search.json and best.yaml."""
+    """Random search, ranked by validation AUC (or mean fold AUC with --folds); writes search.csv, search.json and best.yaml."""
     from rich.table import Table
 
     from limbscan.config import add_auxiliary, load_config
     from limbscan.train.search import random_search
 
     cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
-    ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet)
-    table = Table(title="random search, ranked by validation AUC")
+    ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet, folds=folds)
+    by = f"mean AUC over {folds} cross-validation folds" if folds else "validation AUC"
+    table = Table(title=f"random search, ranked by {by}")
     for column in ranked[0]:
         table.add_column(column)
     for row in ranked:

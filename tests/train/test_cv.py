@@ -235,3 +235,18 @@ def test_cli_help_and_a_rerun_of_finished_folds(copied, tiny_config_factory, tmp
     assert proc.returncode == 1 and "Folds are never mixed" in proc.stderr and "Traceback" not in proc.stderr
 
 
+
+@pytest.mark.slow
+def test_search_with_folds_cross_validates_each_trial(done, tiny_config_factory, tmp_path):
+    from limbscan.train.search import random_search
+
+    root, _, _, _ = done
+    base = _cfg(tiny_config_factory)
+    base.search.trials, base.search.epochs, base.search.image_size = 1, 1, (64,)
+    ranked = random_search(root, base, tmp_path / "search", progress=False, folds=K)
+    trial = CvDir(tmp_path / "search" / ranked[0]["dir"])
+    summary = json.loads(trial.summary.read_text())
+    assert ranked[0]["cv_auc_mean"] == summary["scenarios"]["whole-image"]["auc_mean"]
+    assert ranked[0]["cv_auc_sd"] == summary["scenarios"]["whole-image"]["auc_sd"]
+    assert summary["config"]["train"]["lr_backbone"] == pytest.approx(ranked[0]["lr_backbone"])
+    assert [trial.fold(i).best("whole-image").is_file() for i in range(K)] == [True] * K
