@@ -309,24 +309,83 @@ def search_cmd(
     overrides: Overrides = None,
     trials: Annotated[Optional[int], typer.Option(help="Number of trials (default: search.trials).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed (default: train.seed).")] = None,
+    folds: Annotated[Optional[int], typer.Option(
+        "--folds", help="Score each trial by K-fold cross-validation by patient over train + val (as `limbscan cv`, "
+                        "the same folds for every trial) and rank by mean fold AUC; default: the validation split.")
+    ] = None,
     aux: AuxOpt = None,
     quiet: Quiet = False,
 ) -> None:
-    """Random search on the validation split; writes search.csv, search.json and best.yaml."""
+    """Random search, ranked by validation AUC (or mean fold AUC with --folds); writes search.csv, search.json and best.yaml."""
     from rich.table import Table
 
     from limbscan.config import add_auxiliary, load_config
     from limbscan.train.search import random_search
 
     cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
-    ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet)
-    table = Table(title="random search, ranked by validation AUC")
+    ranked = random_search(dataset, cfg, out, trials=trials, seed=seed, progress=not quiet, folds=folds)
+    by = f"mean AUC over {folds} cross-validation folds" if folds else "validation AUC"
+    table = Table(title=f"random search, ranked by {by}")
     for column in ranked[0]:
         table.add_column(column)
     for row in ranked:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
     console.print(f"best config: {out / 'best.yaml'}")
+
+
+CV_HELP = (
+    "K-fold cross-validation by patient over DS's train + val images; the test split is never read.\n\n"
+    "Folds are stratified by body part x label. Each fold trains the scenarios with that fold as validation "
+    "(OUT/fold-<i>/, a normal run folder; auxiliary data joins training only) and scores it from its best "
+    "checkpoint. Reports each scenario's AUC as mean +- sd across folds and the pooled out-of-fold AUC with its CI "
+    "(cv.json, oof_scores.csv); operating points are chosen on the out-of-fold scores. Rerunning the same command "
+    "keeps finished folds and resumes the rest; another k, seed, dataset or config into the same OUT is refused."
+)
+
+
+@app.command("cv", help=CV_HELP)
+def cv_cmd(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CV folder: fold-<i>/ runs, folds.json, oof_scores.csv, cv.json.")],
+    config: ConfigOpt = None,
+    overrides: Overrides = None,
+    k: Annotated[int, typer.Option("-k", "--folds", help="Number of folds (k >= 2; 5 by default).")] = 5,
+    scenario: Annotated[
+        Optional[str], typer.Option(help=f"{SCENARIO_CHOICES} | all, or a comma list (default: the config's).")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Fold assignment seed (default: data.split.seed, 0).")] = None,
+    aux: AuxOpt = None,
+    target_sensitivity: Annotated[
+        Optional[float], typer.Option(help="Likely point: reach this out-of-fold sensitivity (default: Youden's J).")
+    ] = None,
+    suspected_sensitivity: Annotated[
+        float, typer.Option(help="Suspected point: reach this out-of-fold sensitivity.")
+    ] = SUSPECTED_SENSITIVITY,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the pooled AUC's 95 % CI.")] = 2000,
+    quiet: Quiet = False,
+) -> None:
+    from rich.table import Table
+
+    from limbscan.config import add_auxiliary, load_config
+    from limbscan.rundir import CvDir
+    from limbscan.train.cv import cross_validate
+
+    cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
+    summary = cross_validate(dataset, cfg, out, k=k, scenarios=scenario, seed=seed, progress=not quiet,
+                             target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
+                             n_boot=n_boot)
+    table = Table(title=f"{k}-fold cross-validation by patient on train + val ({summary['n_images']} images; "
+                        "test not read)")
+    for column in ("scenario", "AUC mean ± sd", "pooled OOF AUC [95 % CI]", "folds"):
+        table.add_column(column)
+    for name, s in summary["scenarios"].items():
+        mean = _fmt(s["auc_mean"]) + ("" if s["auc_sd"] is None else f" ± {s['auc_sd']:.3f}")
+        ci = s["oof_auc_ci95"]
+        pooled = _fmt(s["oof_auc"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        table.add_row(name, mean, pooled, " ".join(_fmt(a) for a in s["fold_auc"]))
+    console.print(table)
+    console.print(f"out-of-fold scores: {CvDir(out).oof_scores}; summary: {CvDir(out).summary}", highlight=False)
 
 
 # -- evaluate ------------------------------------------------------------------------

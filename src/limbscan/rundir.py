@@ -31,6 +31,10 @@ VAL_SCORES_FILE = "val_scores.json"
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
 LAST, BEST = "last.pt", "best.pt"
+# A cross-validation folder (``limbscan cv -o OUT``)
+FOLDS_FILE = "folds.json"
+OOF_SCORES_FILE = "oof_scores.csv"
+CV_FILE = "cv.json"
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,52 @@ class RunDir:
         return load_config(path, overrides)
 
 
+@dataclass(frozen=True)
+class CvDir:
+    """A cross-validation folder (``limbscan cv -o OUT``)::
+
+        config.yaml       the resolved config every fold trains with
+        folds.json        image id -> fold, with k, the seed and the dataset's sha256
+        fold-<i>/         a run folder (:class:`RunDir`): fold i validates, the other folds train
+        oof_scores.csv    every pooled image's out-of-fold score, one column per scenario
+        cv.json           per scenario: fold AUCs, mean and sd, pooled out-of-fold AUC, operating points
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def folds(self) -> Path:
+        return self.root / FOLDS_FILE
+
+    @property
+    def oof_scores(self) -> Path:
+        return self.root / OOF_SCORES_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / CV_FILE
+
+    def fold(self, i: int) -> RunDir:
+        return RunDir(self.root / f"fold-{i}")
+
+
 __all__ = [
     "BEST",
     "CONFIG_FILE",
+    "CV_FILE",
+    "FOLDS_FILE",
+    "OOF_SCORES_FILE",
+    "CvDir",
     "LAST",
     "METRICS_FILE",
     "REPORT_FILE",

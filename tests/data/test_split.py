@@ -9,7 +9,7 @@ import pytest
 
 from limbscan.config import SplitConfig
 from limbscan.data.dataset import SPLITS, Dataset
-from limbscan.data.split import split_dataset
+from limbscan.data.split import assign_folds, patient_key, split_dataset
 from limbscan.errors import LimbscanError
 
 
@@ -97,3 +97,34 @@ def test_split_survives_save_and_load(tmp_path):
     ds = split_dataset(make_dataset(tmp_path, SPEC), SplitConfig(seed=0))
     ds.save()
     assert _splits(Dataset.load(tmp_path)) == _splits(ds)
+
+
+@pytest.mark.parametrize(("k", "seed"), [(3, 0), (5, 1), (10, 2)])
+def test_folds_partition_by_patient_with_each_class_in_equal_shares(tmp_path, k, seed):
+    images = make_dataset(tmp_path, SPEC).images
+    fold_of = assign_folds(images, k, seed)
+    assert set(fold_of) == {im["id"] for im in images} and set(fold_of.values()) == set(range(k))
+    by_patient = defaultdict(set)
+    for im in images:
+        by_patient[patient_key(im)].add(fold_of[im["id"]])
+    assert all(len(folds) == 1 for folds in by_patient.values())
+    largest = max(Counter(patient_key(im) for im in images).values())
+    for label in (0, 1):
+        counts = Counter(fold_of[im["id"]] for im in images if im["label"] == label)
+        n = sum(counts.values())
+        # each fold within about one patient of its share of the class (multi-image patients mix labels)
+        assert all(abs(counts[f] - n / k) <= largest + 1 for f in range(k)), (label, counts)
+    # stratified by body part too: a 60-patient body part is spread across every fold
+    assert {fold_of[im["id"]] for im in images if im["body_part"] == "hip"} == set(range(k))
+
+
+def test_folds_repeat_for_a_seed_and_need_k_patients_per_class(tmp_path):
+    images = make_dataset(tmp_path, SPEC).images
+    assert assign_folds(images, 5, 0) == assign_folds(images, 5, 0)
+    assert assign_folds(images, 5, 0) != assign_folds(images, 5, 1)
+    few = make_dataset(tmp_path, [("leg", 0, 10, None), ("leg", 1, 2, None)]).images
+    assert set(assign_folds(few, 2, 0).values()) == {0, 1}
+    with pytest.raises(LimbscanError, match="k=3 folds need at least 3 abnormal patients"):
+        assign_folds(few, 3, 0)
+    with pytest.raises(LimbscanError, match="k >= 2"):
+        assign_folds(images, 1, 0)

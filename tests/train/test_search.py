@@ -74,3 +74,46 @@ def test_no_auc_at_all_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "limbscan.train.runner", module)
     with pytest.raises(LimbscanError, match="validation AUC"):
         random_search(tmp_path, load_config(None, ["search.trials=2"]), tmp_path / "s", progress=False)
+
+
+@pytest.fixture
+def fake_cv(monkeypatch):
+    """Stand in for cross-validation: mean fold AUC peaks at lr_backbone = 1e-3; no plain training."""
+    calls = []
+
+    def cross_validate(dataset, cfg, out, k=5, progress=True, **kwargs):
+        calls.append((out.name, k))
+        auc = 1.0 - abs(np.log10(cfg.train.lr_backbone) + 3) / 10
+        return {"scenarios": {"whole-image": {"auc_mean": auc + 0.05, "auc_sd": 0.01},
+                              "cascade": {"auc_mean": auc, "auc_sd": 0.02}}}
+
+    def train(*args, **kwargs):
+        raise AssertionError("a --folds search trained on the validation split")
+
+    cv = types.ModuleType("limbscan.train.cv")
+    cv.cross_validate = cross_validate
+    runner = types.ModuleType("limbscan.train.runner")
+    runner.train = train
+    monkeypatch.setitem(sys.modules, "limbscan.train.cv", cv)
+    monkeypatch.setitem(sys.modules, "limbscan.train.runner", runner)
+    return calls
+
+
+def test_folds_rank_trials_by_mean_fold_auc_and_are_never_mixed(tmp_path, fake_cv):
+    base = load_config(None, ["train.scenario=all", "search.trials=4"])
+    ranked = random_search(tmp_path / "ds", base, tmp_path / "search", seed=1, progress=False, folds=3)
+    means = [r["cv_auc_mean"] for r in ranked]
+    assert means == sorted(means, reverse=True) and len(means) == 4
+    assert all("val_auc" not in r and r["folds"] == 3 and r["cv_auc_sd"] == 0.02 for r in ranked)  # the cascade's
+    assert fake_cv == [(f"trial_{i:02d}", 3) for i in range(4)]
+    table = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert table["ranked_by"] == "cascade mean AUC over 3 cross-validation folds"
+    best = yaml.safe_load((tmp_path / "search" / "best.yaml").read_text())
+    assert best["train"]["lr_backbone"] == pytest.approx(ranked[0]["lr_backbone"])
+    # the same search again trains nothing; another k, or the validation split, is refused
+    random_search(tmp_path / "ds", base, tmp_path / "search", seed=1, progress=False, folds=3)
+    assert len(fake_cv) == 4
+    with pytest.raises(LimbscanError, match="scored by 3-fold cross-validation; this search asks by 5-fold"):
+        random_search(tmp_path / "ds", base, tmp_path / "search", seed=1, progress=False, folds=5)
+    with pytest.raises(LimbscanError, match="asks on the validation split"):
+        random_search(tmp_path / "ds", base, tmp_path / "search", seed=1, progress=False)

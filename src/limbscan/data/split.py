@@ -28,9 +28,35 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Dataset:
     if not ds.images:
         raise LimbscanError(f"{ds.root}: the dataset has no images to split")
 
-    patients = _patients(ds.images)
-    rng = np.random.default_rng(cfg.seed)
-    split_of: dict[str, str] = {}
+    split_of = _deal(ds.images, fractions, SPLITS, cfg.seed)
+    for image in ds.images:
+        image["split"] = split_of[patient_key(image)]
+    return ds
+
+
+def assign_folds(images: list[dict], k: int, seed: int) -> dict[int, int]:
+    """Image id -> fold (0 .. k-1): every patient's images in one fold, folds stratified by body
+    part x label as :func:`split_dataset` stratifies its splits, each of about 1/k of each
+    class's images; deterministic for a seed. Refused when a class has fewer than k patients
+    (a fold would then validate on one class, where AUC is undefined)."""
+    if k < 2:
+        raise LimbscanError(f"cross-validation needs k >= 2 folds, got {k}")
+    if not images:
+        raise LimbscanError("no images to divide into folds")
+    patients = _patients(images)
+    for label, name in ((0, "normal patients"), (1, "abnormal patients (any abnormal image)")):
+        n = sum(1 for stratum in patients.values() if stratum[0] == label)
+        if n < k:
+            raise LimbscanError(f"k={k} folds need at least {k} {name}, one per fold; there are {n}: choose a smaller k")
+    fold_of = _deal(images, np.full(k, 1.0 / k), tuple(range(k)), seed)
+    return {int(image["id"]): int(fold_of[patient_key(image)]) for image in images}
+
+
+def _deal(images: list[dict], fractions: np.ndarray, bins: tuple, seed: int) -> dict[str, object]:
+    """Patient key -> one of ``bins``, each bin taking its ``fractions`` share of each class."""
+    patients = _patients(images)
+    rng = np.random.default_rng(seed)
+    bin_of: dict[str, object] = {}
     for label in sorted({stratum[0] for stratum in patients.values()}, reverse=True):
         strata: dict[tuple, list[str]] = defaultdict(list)
         for key in sorted(patients):
@@ -40,14 +66,12 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Dataset:
         ordered: list[str] = []
         for i in rng.permutation(len(names)):
             ordered += [strata[names[i]][j] for j in rng.permutation(len(strata[names[i]]))]
-        split_of.update(_allocate(ordered, _sizes(ds.images), fractions))
-
-    for image in ds.images:
-        image["split"] = split_of[_patient_key(image)]
-    return ds
+        bin_of.update(_allocate(ordered, _sizes(images), fractions, bins))
+    return bin_of
 
 
-def _patient_key(image: dict) -> str:
+def patient_key(image: dict) -> str:
+    """The patient an image belongs to, as the split and the folds group images."""
     # An image without a patient id is its own patient; the prefixes keep the two kinds apart.
     pid = image.get("patient_id")
     return f"p:{pid}" if pid not in (None, "") else f"i:{image['id']}"
@@ -58,7 +82,7 @@ def _patients(images: list[dict]) -> dict[str, tuple[int, str]]:
     labels: dict[str, int] = defaultdict(int)
     parts: dict[str, Counter] = defaultdict(Counter)
     for image in images:
-        key = _patient_key(image)
+        key = patient_key(image)
         labels[key] = max(labels[key], int(image["label"]))
         parts[key][image.get("body_part") or "unknown"] += 1
     # Ties between parts go to the alphabetically first, so the stratum never depends on order.
@@ -69,18 +93,18 @@ def _patients(images: list[dict]) -> dict[str, tuple[int, str]]:
 
 
 def _sizes(images: list[dict]) -> Counter:
-    return Counter(_patient_key(image) for image in images)
+    return Counter(patient_key(image) for image in images)
 
 
-def _allocate(ordered: list[str], sizes: Counter, fractions: np.ndarray) -> dict[str, str]:
-    """Give each patient in turn to the split furthest below its share of images so far."""
-    assigned = np.zeros(len(SPLITS))
-    out: dict[str, str] = {}
+def _allocate(ordered: list[str], sizes: Counter, fractions: np.ndarray, bins: tuple) -> dict[str, object]:
+    """Give each patient in turn to the bin (split or fold) furthest below its share of images so far."""
+    assigned = np.zeros(len(bins))
+    out: dict[str, object] = {}
     for key in ordered:
         size = sizes[key]
         deficit = fractions * (assigned.sum() + size) - assigned
         deficit[fractions == 0] = -np.inf  # a split asked to be empty stays empty
         choice = int(np.argmax(deficit))
         assigned[choice] += size
-        out[key] = SPLITS[choice]
+        out[key] = bins[choice]
     return out

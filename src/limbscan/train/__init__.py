@@ -11,12 +11,17 @@ def __getattr__(name: str):
         from limbscan.train.runner import train
 
         return train
+    if name == "cross_validate":
+        from limbscan.train.cv import cross_validate
+
+        return cross_validate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "FitResult",
     "Stage",
+    "cross_validate",
     "fit",
     "init_distributed",
     "load_checkpoint",

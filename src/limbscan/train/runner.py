@@ -140,9 +140,13 @@ def write_val_scores(out: Path, run: RunData, training_data: list[dict] | None =
 
 
 def train(
-    ds_path: str | Path, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True
+    ds_path: str | Path | Dataset, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, FitResult]:
     """Train the scenario(s) of ``cfg.train.scenario`` on the dataset at ``ds_path``; results by scenario.
+
+    ``ds_path`` may also be a loaded :class:`~limbscan.data.dataset.Dataset` whose images carry
+    the splits to train and validate on, such as a cross-validation fold's view
+    (:func:`limbscan.train.cv.fold_view`).
 
     The run folder ``out`` (see :class:`~limbscan.rundir.RunDir`) gets one subfolder per stage
     (``last.pt``, ``best.pt``), ``metrics.jsonl``, ``train.json``, ``val_scores.json`` and
@@ -155,7 +159,7 @@ def train(
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed()
     try:
-        main = Dataset.load(ds_path)
+        main = ds_path if isinstance(ds_path, Dataset) else Dataset.load(ds_path)
         auxiliary = load_auxiliary(cfg, main)  # refused before any image is decoded
         run = prepare(
             cached_dataset(main, cfg, info, progress), cfg,

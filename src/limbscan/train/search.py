@@ -1,8 +1,11 @@
-"""Random hyperparameter search on the validation split (the paper's tuning method).
+"""Random hyperparameter search on the validation split (the paper's tuning method), or by
+cross-validation.
 
 Each trial samples learning rate, weight decay, input size, crop margin and augmentation
 strength from :class:`limbscan.config.SearchConfig`, trains on a short budget into
-``OUT/trial_NN/``, and is ranked by validation AUC. The test split is never looked at.
+``OUT/trial_NN/``, and is ranked by validation AUC; with ``folds=K`` each trial is instead a
+K-fold cross-validation by patient over train + val (:func:`limbscan.train.cv.cross_validate`,
+the same folds for every trial) ranked by its mean fold AUC. The test split is never looked at.
 A finished trial leaves ``result.json``; rerunning the same command skips it, so a killed
 search continues where it stopped.
 """
@@ -24,6 +27,7 @@ from limbscan.rundir import RunDir
 from limbscan.utils.files import write_json_atomic, write_text_atomic
 
 RESULT_FILE = "result.json"
+VAL_KEY, CV_KEY = "val_auc", "cv_auc_mean"  # what a trial is ranked by: validation AUC, or mean fold AUC
 
 
 def sample_trial(base: Config, rng: np.random.Generator) -> tuple[Config, dict[str, Any]]:
@@ -69,16 +73,24 @@ def ranking_scenario(cfg: Config) -> str:
 
 
 def random_search(
-    dataset: Path, base: Config, out: Path, trials: int | None = None, seed: int | None = None, progress: bool = True
+    dataset: Path,
+    base: Config,
+    out: Path,
+    trials: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    folds: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the trials, write ``search.csv``, ``search.json`` and ``best.yaml``; return the ranked rows."""
-    from limbscan.train.runner import train  # the heavy imports only when a search runs
+    """Run the trials, write ``search.csv``, ``search.json`` and ``best.yaml``; return the ranked rows.
 
+    ``folds``: score each trial by ``folds``-fold cross-validation (mean fold AUC, ``cv_auc_mean``)
+    instead of on the validation split (``val_auc``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trials = trials or base.search.trials
     rng = np.random.default_rng(base.train.seed if seed is None else seed)
     scenario = ranking_scenario(base)
+    key = CV_KEY if folds else VAL_KEY
     rows = []
     for i in range(trials):
         cfg, sampled = sample_trial(base, rng)  # drawn even when skipped, so trial i is always the same
@@ -87,24 +99,46 @@ def random_search(
         done = trial_dir / RESULT_FILE
         if done.is_file():
             row = json.loads(done.read_text())
+            if key not in row or row.get("folds") != folds:
+                raise LimbscanError(f"{done}: this trial was scored {_scored_by(row.get('folds'))}; this search "
+                                    f"asks {_scored_by(folds)}: use another -o")
         else:
             # A trial's config is drawn again, identically, on a rerun: it is saved, never read back.
             save_config(cfg, trial.config)
-            results = train(dataset, cfg, trial_dir, resume=trial.metrics.is_file(), progress=progress)
-            val_auc = getattr(results.get(scenario), "best_auc", None)
-            row = {"trial": i, "dir": trial_dir.name, "val_auc": val_auc, **sampled}
+            row = {"trial": i, "dir": trial_dir.name, **_score_trial(dataset, cfg, trial_dir, scenario, folds, progress),
+                   **sampled}
             write_json_atomic(done, row)
         rows.append(row)
-    ranked = sorted(rows, key=lambda r: -1.0 if r["val_auc"] is None else r["val_auc"], reverse=True)
-    if ranked[0]["val_auc"] is None:
-        raise LimbscanError(f"{out}: no trial gave a validation AUC (does the val split hold both classes?)")
-    _write_tables(out, ranked, scenario)
+    ranked = sorted(rows, key=lambda r: -1.0 if r[key] is None else r[key], reverse=True)
+    if ranked[0][key] is None:
+        raise LimbscanError(f"{out}: no trial gave a validation AUC (does the val split hold both classes?)"
+                            if not folds else f"{out}: no trial gave a mean fold AUC")
+    _write_tables(out, ranked, scenario, folds)
     write_text_atomic(out / "best.yaml", RunDir(out / ranked[0]["dir"]).config.read_text())
     return ranked
 
 
-def _write_tables(out: Path, ranked: list[dict[str, Any]], scenario: str) -> None:
-    write_json_atomic(out / "search.json", {"ranked_by": f"{scenario} validation AUC", "trials": ranked})
+def _score_trial(dataset: Path, cfg: Config, trial_dir: Path, scenario: str, folds: int | None,
+                 progress: bool) -> dict[str, Any]:
+    if folds:
+        # Every trial gets the same folds: the assignment's seed is data.split.seed, not searched.
+        from limbscan.train.cv import cross_validate  # the heavy imports only when a search runs
+
+        found = cross_validate(dataset, cfg, trial_dir, k=folds, progress=progress)["scenarios"][scenario]
+        return {CV_KEY: found["auc_mean"], "cv_auc_sd": found["auc_sd"], "folds": folds}
+    from limbscan.train.runner import train
+
+    results = train(dataset, cfg, trial_dir, resume=RunDir(trial_dir).metrics.is_file(), progress=progress)
+    return {VAL_KEY: getattr(results.get(scenario), "best_auc", None)}
+
+
+def _scored_by(folds: int | None) -> str:
+    return f"by {folds}-fold cross-validation" if folds else "on the validation split"
+
+
+def _write_tables(out: Path, ranked: list[dict[str, Any]], scenario: str, folds: int | None = None) -> None:
+    by = f"{scenario} mean AUC over {folds} cross-validation folds" if folds else f"{scenario} validation AUC"
+    write_json_atomic(out / "search.json", {"ranked_by": by, "trials": ranked})
     with open(out / "search.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(ranked[0]))
         writer.writeheader()
