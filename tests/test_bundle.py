@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from limbscan.bundle import BUNDLE_FORMAT, MANIFEST, export_bundle, read_manifest
+from limbscan.bundle import BUNDLE_FORMAT, MANIFEST, default_from_validation, export_bundle, read_manifest
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.eval.metrics import binary_metrics, choose_threshold
 from limbscan.operating_points import choose_operating_points
@@ -32,8 +32,11 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
     root, run = tiny_run
     m = read_manifest(bundle)
     assert m["format"] == BUNDLE_FORMAT and m["limbscan_version"] == __version__
-    assert m["scenarios"] == ["whole-image", "detector", "cascade"] and m["default_scenario"] == "cascade"
+    assert m["scenarios"] == ["whole-image", "detector", "cascade", "fused"]
     val = json.loads((run / "val_scores.json").read_text())
+    # the default: the best cross-validated AUC on validation, and why (see tests/scenarios/test_fused.py)
+    assert (m["default_scenario"], m["default_reason"]) == default_from_validation(val, m["scenarios"])
+    assert m["default_reason"].startswith(f"{m['default_scenario']}: ")
     assert m["threshold_rule"] == "youden"
     for name in m["scenarios"]:
         assert m["thresholds"][name] == choose_threshold(val["labels"], val["scores"][name])
@@ -113,7 +116,7 @@ def test_a_bundle_without_operating_points_still_loads_and_predicts(bundle, tiny
     m = read_manifest(old)
     assert "operating_points" not in m and m["thresholds"] == read_manifest(bundle)["thresholds"]
     model = load(old)
-    assert model.thresholds() == (m["thresholds"]["cascade"], None) and model.suspected_threshold() is None
+    assert model.thresholds() == (m["thresholds"][m["default_scenario"]], None) and model.suspected_threshold() is None
     root, _ = tiny_run
     ds = Dataset.load(root)
     preds = model.predict([ds.image_path(im) for im in ds.split_images("test")], masks=False)

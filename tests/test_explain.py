@@ -83,7 +83,7 @@ def test_gradcam_refuses_a_detector_only_bundle(tiny_run, tmp_path, image):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[1], run)
-    for name in ("whole-image", "cascade"):
+    for name in ("whole-image", "cascade", "fused"):
         shutil.rmtree(run / name)
     model = load(export_bundle(run, tmp_path / "det.limbscan"))
     pred = model.predict([image])[0]

@@ -22,7 +22,7 @@ def test_every_name_is_a_file_the_trained_run_holds(tiny_run):
         assert run.stage(name).is_dir()
         assert run.best(name).is_file() and run.last(name).is_file()
     assert run.stage_file("cascade", "proposals.json").is_file()
-    assert run.trained() == list(names()) == ["whole-image", "detector", "cascade"]
+    assert run.trained() == list(names()) == ["whole-image", "detector", "cascade", "fused"]
 
 
 def test_trained_lists_only_the_scenarios_with_a_best_checkpoint(tmp_path):

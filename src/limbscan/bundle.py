@@ -21,6 +21,12 @@ and stored: every later use of the bundle (predict, serve, evaluate) applies the
 
 A bundle without ``operating_points`` (exported before they existed) still loads, with no
 suspected threshold; the format number did not change, since nothing older readers need moved.
+
+``default_scenario`` is the scenario with the best cross-validated AUC on the validation split
+(:func:`limbscan.scenarios.choose_default`: the base scenarios' validation AUC, the fused one's
+out-of-fold AUC), and ``default_reason`` says so with the numbers; a bundle exported before
+has no reason. With the fused scenario, ``fusion`` holds its rule, weights and both rules'
+cross-validated AUCs.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from limbscan.operating_points import (
     rule_name,
 )
 from limbscan.rundir import BEST, VAL_SCORES_FILE, RunDir
-from limbscan.scenarios import classifier_scenarios, info
+from limbscan.scenarios import choose_default, classifier_scenarios, info
 from limbscan.scenarios import default_scenario as _default_scenario
 from limbscan.utils.files import sha256_file
 
@@ -66,8 +72,19 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def default_scenario(scenarios: list[str]) -> str:
-    """The scenario ``predict`` and ``serve`` use unless told: see :func:`limbscan.scenarios.default_scenario`."""
+    """The default without validation scores to choose by: see :func:`limbscan.scenarios.default_scenario`."""
     return _default_scenario(scenarios)
+
+
+def default_from_validation(val: dict[str, Any], scenarios: list[str]) -> tuple[str, str]:
+    """(scenario, why): the best cross-validated AUC on the run's validation scores
+    (``val_scores.json``, where the fused scenario's scores are out-of-fold)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [int(v) for v in val["labels"]]
+    two_classes = len(set(labels)) == 2
+    aucs = {name: float(roc_auc_score(labels, val["scores"][name])) if two_classes else None for name in scenarios}
+    return choose_default(aucs)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -185,6 +202,7 @@ def export_bundle(
                 raise LimbscanError(f"{run}: the {name} needs its {need}, and {folder.best(need)} is missing")
     val = _val_scores(run, scenarios)
     points = _operating_points(val, scenarios, target_sensitivity, suspected_sensitivity)
+    default, reason = default_from_validation(val, scenarios)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -199,7 +217,8 @@ def export_bundle(
             "limbscan_version": _version(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "scenarios": scenarios,
-            "default_scenario": default_scenario(scenarios),
+            "default_scenario": default,
+            "default_reason": reason,
             "thresholds": {name: points[name][LIKELY]["threshold"] for name in scenarios},
             "threshold_rule": rule_name(target_sensitivity),
             "target_sensitivity": target_sensitivity,
@@ -208,6 +227,10 @@ def export_bundle(
             **_data_provenance(val),
             "preprocessing": _preprocessing(checkpoints),
         }
+        if "fused" in checkpoints:
+            from limbscan.scenarios.fused import manifest_entry
+
+            manifest["fusion"] = manifest_entry(checkpoints["fused"])
         if onnx:
             manifest["onnx"], manifest["onnx_notes"] = export_onnx(tmp, scenarios)
         manifest["files"] = {
@@ -411,6 +434,10 @@ def export_onnx(bundle: Path, scenarios: list[str]) -> tuple[dict[str, str], dic
                                  "cache_side; outputs 'boxes' [N, 4] (input pixels), 'labels' [N], 'scores' [N], "
                                  "'masks' [N, 1, H, W]; exported with the TorchScript exporter (torch.export "
                                  "cannot trace torchvision's NMS with data-dependent shapes)")
+    for name in scenarios:
+        if not info(name).classifier and info(name).needs and name not in files:
+            notes[name] = (f"no network of its own, not exported: it combines {', '.join(info(name).needs)}; "
+                           "bundle.json's fusion entry gives its weights")
     return files, notes
 
 

@@ -523,6 +523,8 @@ def predict_cmd(
     summary = run_predict(bundle, paths, out, scenario=scenario, batch_size=batch_size, overlays=overlays,
                           gradcam=gradcam, dicom_out=kinds, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table
+        if summary.scenario_reason:
+            console.print(f"scenario {summary.scenario_reason}", highlight=False, soft_wrap=True)
         suspected = "" if summary.suspected_threshold is None else f", suspected from {summary.suspected_threshold:.3f}"
         table = Table(title=f"{summary.scenario}, likely from {summary.threshold:.3f}{suspected}", show_header=False)
         table.add_row("images scored", str(summary.n_scored))
@@ -614,6 +616,14 @@ def export_cmd(
         table.add_row(name + default, f"{manifest['thresholds'][name]:.4f}", f"{suspected['threshold']:.4f}",
                       "yes" if name in (manifest.get("onnx") or {}) else "-")
     console.print(table)
+    if manifest.get("default_reason"):
+        console.print(f"default scenario {manifest['default_reason']}", highlight=False, soft_wrap=True)
+    fusion = manifest.get("fusion")
+    if fusion:
+        measured = ", ".join(f"{rule} {cv['mean']:.3f} ± {cv['sd']:.3f}" for rule, cv in (fusion.get("cv_auc") or {}).items())
+        console.print(f"fused: rule {fusion['rule']}" + (f"; cross-validated AUC on validation: {measured}" if measured
+                                                         else "") + (f" ({fusion['note']})" if fusion.get("note") else ""),
+                      highlight=False, soft_wrap=True)
     for name in manifest["scenarios"]:
         note = manifest["operating_points"][name]["suspected"]["note"]
         if note:

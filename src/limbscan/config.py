@@ -30,6 +30,7 @@ Resize = Literal["letterbox", "squash"]  # how an image becomes the whole-image 
 Balance = Literal["sampler", "loss", "none"]  # class imbalance
 CascadeInit = Literal["imagenet", "whole-image"]
 CascadeScore = Literal["crop", "geomean"]
+FusionRule = Literal["logistic", "rank"]  # how the fused scenario combines the others' scores
 
 
 @dataclass
@@ -176,12 +177,26 @@ class SearchConfig:
 
 
 @dataclass
+class FusionConfig:
+    """The fused scenario: the other scenarios' scores of one image combined, fitted on the
+    validation split (see :mod:`limbscan.scenarios.fused`)."""
+
+    # "logistic": L2 logistic regression on the scores' logits; "rank": a weighted average of
+    # their ranks among the validation scores, then Platt-scaled. Both are measured; this one is used.
+    rule: FusionRule = "logistic"
+    C: float = 1.0  # inverse L2 strength (scikit-learn's C): on the logits (logistic), the standardised average (rank)
+    folds: int = 5  # stratified k-fold within the validation split (fewer where a class has fewer images)
+    repeats: int = 10  # of the k-fold, reshuffled, for the cross-validated AUC's mean and sd
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     # Per-scenario overrides of the keys above, e.g. ``{"whole-image": {"train": {"optimizer":
     # "adamw"}}}`` or dotted ``{"whole-image": {"train.optimizer": "adamw"}}``: that scenario's
     # stage trains (and its checkpoint records) the config with them applied (:func:`stage_config`).
@@ -416,6 +431,11 @@ def _check_stages(cfg: Config, where: str) -> None:
         stage_config(cfg, name)
 
 
+def _check_fusion(cfg: FusionConfig, where: str) -> None:
+    _positive(where, cfg, "C", "repeats")
+    _range(f"{where}.folds", cfg.folds, cfg.folds >= 2, ">= 2")
+
+
 def _check_cache(cfg: CacheConfig, where: str) -> None:
     _positive(where, cfg, "longest_side")
     _non_negative(where, cfg, "workers")
@@ -431,6 +451,7 @@ _RULES: dict[type, Any] = {
     DetectorConfig: _check_detector,
     TrainConfig: _check_train,
     SearchConfig: _check_search,
+    FusionConfig: _check_fusion,
 }
 
 

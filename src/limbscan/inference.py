@@ -119,6 +119,8 @@ class Predictor:
         self.manifest = read_manifest(self.path)
         self.scenarios: list[str] = list(self.manifest["scenarios"])
         self.default_scenario: str = self.manifest["default_scenario"]
+        # Why the bundle chose it (bundles exported before the fused scenario say nothing).
+        self.default_reason: str | None = self.manifest.get("default_reason")
         self.runtime = runtime
         self.cache_side = int(self.manifest["preprocessing"]["cache_side"])
         store = ModelStore(self.path, runtime, self.manifest.get("onnx") or {})
@@ -264,7 +266,7 @@ class Predictor:
         inputs = [ImageInput(im.pixels, im.width, im.height) for im in images]
         # Same-size images of the batch share a detector forward (see run_detector).
         batch = Batch(inputs, detector_batch_size=len(inputs))
-        found = {name: self._scenarios[name].score(batch) for name in self.scenarios if name in names}
+        found = {name: batch.findings(self._scenarios[name]) for name in self.scenarios if name in names}
         threshold, suspected = self.thresholds(shown)
         out = []
         for i, im in enumerate(images):

@@ -73,6 +73,7 @@ class PredictSummary:
     seconds: float
     suspected_threshold: float | None = None  # the high-sensitivity point; None for a bundle without one
     n_suspected: int = 0  # at the high-sensitivity point only
+    scenario_reason: str | None = None  # why this scenario: asked for, or why the bundle made it its default
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "out": str(self.out)}
@@ -187,6 +188,7 @@ class _Options:
     overlays: bool
     gradcam: bool
     dicom_out: tuple[str, ...]
+    reason: str | None = None
 
 
 def _finish(model: Model, path: str, index: int, pixels: np.ndarray, meta: Any, pred: Prediction,
@@ -327,7 +329,7 @@ def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, o
     n_abnormal = sum(r["label"] == "abnormal" for r in records)
     likely, suspected = model.thresholds(opts.scenario)
     summary = PredictSummary(out, opts.scenario, likely, n_inputs, len(records), n_abnormal, len(errors),
-                             round(seconds, 3), suspected, sum(r["level"] == SUSPECTED for r in records))
+                             round(seconds, 3), suspected, sum(r["level"] == SUSPECTED for r in records), opts.reason)
     by_part: dict[str, dict[str, int]] = {}
     for r in records:
         entry = by_part.setdefault(r.get("body_part") or "unknown", {"n": 0, "n_abnormal": 0, "n_suspected": 0})
@@ -383,7 +385,11 @@ def _options(model: Model, scenario: str | None, batch_size: int, overlays: bool
     if gradcam and name not in classifier_scenarios():
         raise LimbscanError(f"Grad-CAM needs a classifier: scenario {name!r} has none (use --scenario "
                             f"{' or '.join(classifier_scenarios())} where the bundle has them)")
-    return _Options(name, int(batch_size), bool(overlays), bool(gradcam), kinds)
+    if scenario is None:
+        reason = model.default_reason or f"{name}: the bundle's default"
+    else:
+        reason = f"{name}: asked for (the bundle's default is {model.default_scenario})"
+    return _Options(name, int(batch_size), bool(overlays), bool(gradcam), kinds, reason)
 
 
 def _my_share(n: int, info: DistInfo) -> list[int]:

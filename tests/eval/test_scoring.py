@@ -9,7 +9,8 @@ import pytest
 
 from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
-from limbscan.scenarios.scoring import score_run, trained_scenarios
+from limbscan.scenarios import info
+from limbscan.scenarios.scoring import score_run, trained_scenarios, validation_scores
 from limbscan.scenarios.stage import auc_or_none
 
 
@@ -23,13 +24,15 @@ def test_val_scores_reproduce_the_training_validation_auc(trained_run):
     ds = Dataset.load(root)
     val = ds.split_images("val")
     scored = score_run(out, ds, val)
-    assert list(scored) == trained_scenarios(out) == ["whole-image", "detector", "cascade"]
+    assert list(scored) == trained_scenarios(out) == ["whole-image", "detector", "cascade", "fused"]
     summary = json.loads((out / "train.json").read_text())["scenarios"]
+    held_out = validation_scores(out, ds, val)["scores"]
     for name, s in scored.items():
         assert s.image_ids == [im["id"] for im in val]
         assert np.all((s.scores >= 0) & (s.scores <= 1))
         expected = summary[name]["best_val_auc"]
-        got = auc_or_none(s.labels, s.scores)
+        # A scenario fitted on validation (fused) is judged by its out-of-fold scores there.
+        got = auc_or_none(s.labels, held_out[name] if info(name).fitted_on_validation else s.scores)
         assert (got is None and expected is None) or got == pytest.approx(expected, abs=1e-6), name
 
 
@@ -81,14 +84,16 @@ def test_evaluate_reports_test_with_thresholds_from_validation(trained_run, tmp_
         assert points["suspected"]["confusion"]["tp"] >= points["likely"]["confusion"]["tp"]
     assert saved["suspected_sensitivity"] == 0.95
     assert {(c["a"], c["b"]) for c in metrics["comparisons"]} == {
-        ("whole-image", "detector"), ("whole-image", "cascade"), ("detector", "cascade")}
+        ("whole-image", "detector"), ("whole-image", "cascade"), ("detector", "cascade"),
+        ("whole-image", "fused"), ("detector", "fused"), ("cascade", "fused")}
     for name in ("report.md", "report.html", "roc.png", "confusion.png", "calibration.png"):
         assert (tmp_path / "report" / name).is_file(), name
     assert "SYNTHETIC" in (tmp_path / "report" / "report.md").read_text().upper()
     assert saved["backbones_used"] == {"whole-image": "mobilenetv3_small_050", "detector": "mobilenetv3_small_050",
-                                       "cascade": "mobilenetv3_small_050 + mobilenetv3_small_050"}
+                                       "cascade": "mobilenetv3_small_050 + mobilenetv3_small_050",
+                                       "fused": "none of its own: fuses whole-image, detector and cascade"}
     scores = (tmp_path / "report" / "scores.csv").read_text().splitlines()
-    assert scores[0] == "image_id,label,whole-image,detector,cascade" and len(scores) == saved["n"] + 1
+    assert scores[0] == "image_id,label,whole-image,detector,cascade,fused" and len(scores) == saved["n"] + 1
 
 
 def test_evaluate_refuses_the_threshold_split_and_empty_splits(trained_run, tmp_path):
@@ -111,9 +116,10 @@ def test_pipeline_trains_all_three_and_reports_their_cost(trained_run, tmp_path,
     shutil.copytree(out, tmp_path / "bench" / "run")
     metrics = run_pipeline(root, tiny_config, tmp_path / "bench", n_boot=100, progress=False)
     stages = [t["stage"] for t in metrics["timing"]]
-    assert stages == ["train whole-image", "train detector", "train cascade", "export bundle", "evaluate (test)", "total"]
+    assert stages == ["train whole-image", "train detector", "train cascade", "train fused", "export bundle",
+                      "evaluate (test)", "total"]
     assert all(t["seconds"] >= 0 and t["peak_rss_mb"] > 0 for t in metrics["timing"])
-    assert set(metrics["scenarios"]) == {"whole-image", "detector", "cascade"}
+    assert set(metrics["scenarios"]) == {"whole-image", "detector", "cascade", "fused"}
     assert (tmp_path / "bench" / "model.limbscan" / "bundle.json").is_file()
     text = (tmp_path / "bench" / "report" / "report.md").read_text()
     assert "Wall time and peak memory" in text and "evaluate (test)" in text

@@ -78,6 +78,9 @@ def test_health_model_and_page(model, tmp_path):
         manifest = client.get("/v1/model")
         assert manifest.status_code == 200
         assert manifest.json()["default_scenario"] == model.default_scenario
+        # and why: the page shows it (#model-reason, filled from default_reason by app.js)
+        assert manifest.json()["default_reason"] == model.default_reason
+        assert model.default_reason.startswith(f"{model.default_scenario}: best cross-validated AUC")
         assert manifest.json()["thresholds"] == pytest.approx(model.manifest["thresholds"])
         assert manifest.json()["operating_points"] == model.manifest["operating_points"]  # what the page shows
         assert str(model.path) not in manifest.text and str(tmp_path) not in manifest.text
@@ -88,6 +91,7 @@ def test_health_model_and_page(model, tmp_path):
         for ref in ("/static/app.js", "/static/style.css"):
             assert ref in page.text
             assert client.get(ref).status_code == 200
+        assert 'id="model-reason"' in page.text and "manifest.default_reason" in client.get("/static/app.js").text
         assert "http://" not in page.text and "https://" not in page.text
         assert client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
 

@@ -69,6 +69,10 @@ def test_page_uploads_ranks_and_shows_an_overlay(browser, bundle, tiny_run, tmp_
         page.goto(base + "/")
         # Locator waits, not wait_for_function: the page's CSP (kept on here) forbids the eval it needs.
         expect(page.locator("#model-info")).to_contain_text("model: ")
+        # which scenario is the default, and why (the bundle's best cross-validated AUC)
+        from limbscan.bundle import read_manifest
+
+        expect(page.locator("#model-reason")).to_have_text(f"default {read_manifest(bundle)['default_reason']}")
 
         page.set_input_files("#picker", [str(p) for p in images])
         done = page.locator("#worklist tbody tr[data-state='done']")

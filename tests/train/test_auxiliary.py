@@ -117,7 +117,7 @@ def aux_run(main_ds, aux_ds, tmp_path_factory, cfg_with):
 @pytest.mark.slow
 def test_a_run_with_auxiliary_data_trains_every_stage_and_says_what_it_trained_on(aux_run, main_ds, aux_ds):
     out, results = aux_run
-    assert list(results) == ["whole-image", "detector", "cascade"]
+    assert list(results) == ["whole-image", "detector", "cascade", "fused"]
     main, aux = Dataset.load(main_ds), Dataset.load(aux_ds)
     # validation (where thresholds are chosen) is the main val split, nothing else
     val = json.loads((out / "val_scores.json").read_text())

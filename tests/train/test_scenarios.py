@@ -256,7 +256,7 @@ def test_cascade_score_rules():
 
 
 def test_scenario_names_and_auc_helpers():
-    assert scenario_names("all") == ["whole-image", "detector", "cascade"]
+    assert scenario_names("all") == ["whole-image", "detector", "cascade", "fused"]
     assert scenario_names("cascade,detector") == ["detector", "cascade"]
     with pytest.raises(LimbscanError, match="whole-image"):
         scenario_names("mask-rcnn")
@@ -290,7 +290,7 @@ def test_run_report_lists_every_stage_and_says_synthetic(trained):
     assert "SYNTHETIC" in text.split("|")[0]  # before any figure
     # a later call that trains (or resumes) one stage into the folder keeps the others listed
     summary = json.loads((out / "train.json").read_text())["scenarios"]
-    assert list(summary) == ["whole-image", "detector", "cascade"]
+    assert list(summary) == ["whole-image", "detector", "cascade", "fused"]
     for name, r in summary.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         best = "undefined" if r["best_val_auc"] is None else f"{r['best_val_auc']:.3f}"

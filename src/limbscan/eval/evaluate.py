@@ -192,6 +192,20 @@ def _gallery(ds: Dataset, images: list[dict], s: Scored, threshold: float, truth
 SCORES_FILE = "scores.csv"
 
 
+def _default_for(run: Path, val: dict[str, Any], scenarios: list[str]) -> str:
+    """The scenario ``predict`` would use: a bundle's stored default; for a run, the one its
+    export would choose (best cross-validated AUC on ``val``)."""
+    from limbscan.bundle import default_from_validation, is_bundle, read_manifest
+
+    if is_bundle(run):
+        stored = read_manifest(run, verify=False)["default_scenario"]
+        if stored in scenarios:
+            return stored
+    if all(name in val["scores"] for name in scenarios):
+        return default_from_validation(val, scenarios)[0]
+    return default_scenario(scenarios)
+
+
 def _models(run: Path, scenarios: list[str]) -> dict[str, str]:
     """Which backbone each scenario's network uses, from its own checkpoint's config."""
     from limbscan.models.loading import load_checkpoint
@@ -321,7 +335,7 @@ def measure(
         boot = bootstrap_auc_diff(labels, scored[a].scores, scored[b].scores, groups=groups, n_boot=n_boot, seed=seed)
         metrics["comparisons"].append({"a": a, "b": b, "auc_diff": d["diff"], "delong_p": d["p"],
                                        "bootstrap_p": boot["p"]})
-    best = default_scenario(list(scored))  # the gallery shows the one predict uses by default
+    best = _default_for(run, val, list(scored))  # the gallery shows the one predict uses by default
     items = _gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths) if gallery else None
     curves = {name: (s.labels, s.scores) for name, s in scored.items()}
     return Evaluation(metrics, curves, items, [int(im["id"]) for im in images])

@@ -2,7 +2,7 @@
 
 This module is the torch-free table of names (the CLI, the config checks and the bundle read
 it without importing a model). Each scenario's code lives in a module of its own here
-(``whole_image.py``, ``detector.py``, ``cascade.py``): a :class:`~limbscan.scenarios.base.Scenario`
+(``whole_image.py``, ``detector.py``, ``cascade.py``, ``fused.py``): a :class:`~limbscan.scenarios.base.Scenario`
 subclass that builds its model(s), loads them from a run or bundle folder, scores pixels, and
 makes its training stage. Training validation, ``evaluate``, ``predict``, ``serve``, Grad-CAM
 and ``benchmarks/`` all score through that one object, so they give one image one number.
@@ -32,6 +32,9 @@ class ScenarioInfo:
     cls: str  # that subclass's name
     needs: tuple[str, ...] = ()  # scenarios whose trained models it reads (trained before it)
     classifier: bool = False  # has a classifier of its own: Grad-CAM and ONNX export apply
+    # Fitted on the validation split (the fused scenario's weights): its validation scores are
+    # out-of-fold, and without scores to compare it is never the default (see default_scenario).
+    fitted_on_validation: bool = False
     summary: str = ""
     # From a config (as a plain dict, e.g. a checkpoint's): the model in a few words, and its backbone(s).
     describe: Callable[[dict[str, Any]], str] = lambda cfg: ""
@@ -71,6 +74,15 @@ register(ScenarioInfo(
     describe=lambda c: (f"{c['classifier']['backbone']} on {c['classifier']['crop_size']} px crops "
                         f"(top {c['classifier']['top_k']})"),
     backbones=lambda c: f"{c['detector']['backbone']} + {c['classifier']['backbone']}",
+))
+
+register(ScenarioInfo(
+    "fused", "limbscan.scenarios.fused", "FusedScenario", needs=("whole-image", "detector", "cascade"),
+    fitted_on_validation=True,
+    summary="the three scenarios' scores combined, weights fitted out-of-fold on validation; a calibrated probability",
+    describe=lambda c: (f"{(c.get('fusion') or {}).get('rule', 'logistic')} fusion of whole-image, detector "
+                        "and cascade scores"),
+    backbones=lambda c: "none of its own: fuses whole-image, detector and cascade",
 ))
 
 
@@ -123,16 +135,48 @@ def classifier_scenarios() -> tuple[str, ...]:
 
 
 def default_scenario(available: list[str]) -> str:
-    """The scenario a bundle uses unless told otherwise: the last registered one it holds (the
-    paper's best, the cascade, when trained)."""
+    """The default where no validation scores say which scenario is best: the last registered one
+    ``available`` holds that was not fitted on validation (the paper's best, the cascade, when
+    trained); a scenario fitted on validation (fused) only when nothing else is there.
+    A bundle chooses by cross-validated AUC instead (:func:`choose_default`)."""
+    for name in reversed(_REGISTRY):
+        if name in available and not _REGISTRY[name].fitted_on_validation:
+            return name
     for name in reversed(_REGISTRY):
         if name in available:
             return name
     raise LimbscanError("no scenario to choose a default from")
 
 
+def choose_default(aucs: dict[str, float | None]) -> tuple[str, str]:
+    """(scenario, why): the scenario with the best cross-validated AUC on the validation split,
+    from ``aucs`` (scenario -> AUC; None where undefined). For a scenario fitted on validation
+    (fused) its AUC must be its out-of-fold one; for the others their validation AUC is (nothing
+    was fitted on validation but the epoch choice). A tie, or no AUC at all, goes to
+    :func:`default_scenario` among the tied: a fitted scenario must beat the others outright."""
+    available = [name for name in _REGISTRY if name in aucs]
+    defined = {name: float(aucs[name]) for name in available if aucs[name] is not None}  # type: ignore[arg-type]
+    if not defined:
+        name = default_scenario(available)
+        return name, f"{name}: no validation AUC to compare (one class in the validation split), the fallback default"
+    best = max(defined.values())
+    name = default_scenario([n for n, v in defined.items() if v == best])
+    others = ", ".join(f"{n} {_auc(aucs[n])}" for n in available if n != name)
+    tie = [n for n, v in defined.items() if v == best and n != name]
+    why = f"{name}: best cross-validated AUC on the validation split, {defined[name]:.3f}"
+    why += f" vs {others}" if others else ""
+    if tie:
+        why += f" (tied with {', '.join(tie)}: a tie goes to the later scenario not fitted on validation)"
+    return name, why
+
+
+def _auc(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 __all__ = [
     "ScenarioInfo",
+    "choose_default",
     "classifier_scenarios",
     "default_scenario",
     "info",

@@ -70,15 +70,25 @@ class Finding:
 
 
 class Batch:
-    """Images scored together. The detector's pass over them runs once, whoever asks first."""
+    """Images scored together. The detector's pass over them runs once, whoever asks first, and
+    so does each scenario's scoring (:meth:`findings`: the fused scenario asks for the others')."""
 
     def __init__(self, images: Sequence[ImageInput], detector_batch_size: int = 1):
         self.images = list(images)
         self.detector_batch_size = detector_batch_size
         self._detector_runs: dict[int, list[tuple[dict, DetectorPass, int]]] = {}
+        self._findings: dict[int, tuple[Scenario, list[Finding]]] = {}
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def findings(self, scenario: Scenario) -> list[Finding]:
+        """``scenario.score(self)``, computed once per scenario object for this batch."""
+        key = id(scenario)
+        if key not in self._findings:
+            # The scenario is kept beside its findings, so its id cannot be reused while they are.
+            self._findings[key] = (scenario, scenario.score(self))
+        return self._findings[key][1]
 
     def detector_outputs(self, detector: Detector) -> list[tuple[dict, DetectorPass, int]]:
         """Per image: the detector's raw output and the pass it came from (see ``run_detector``)."""
@@ -108,7 +118,8 @@ class Batch:
 
 class ModelStore:
     """The models of one run or bundle folder, each loaded once: the detector and the cascade
-    share one detector. ``runtime="onnx"`` swaps the classifiers for ONNX Runtime sessions."""
+    share one detector, the fused scenario the others' objects. ``runtime="onnx"`` swaps the
+    classifiers for ONNX Runtime sessions."""
 
     def __init__(self, folder: str | Path, runtime: str = "torch", onnx_files: dict[str, str] | None = None):
         self.folder = RunDir(folder)
@@ -116,6 +127,15 @@ class ModelStore:
         self.onnx_files = onnx_files or {}
         self._checkpoints: dict[str, dict] = {}
         self._models: dict[str, Any] = {}
+        self._scenarios: dict[str, Scenario] = {}
+
+    def scenario(self, name: str) -> Scenario:
+        """The scenario ``name`` loaded from this folder, once."""
+        from limbscan.scenarios import scenario_class
+
+        if name not in self._scenarios:
+            self._scenarios[name] = scenario_class(name).load(self)
+        return self._scenarios[name]
 
     def checkpoint(self, scenario: str) -> dict[str, Any]:
         if scenario not in self._checkpoints:
@@ -205,6 +225,13 @@ class Scenario(ABC):
         """What a bundle's manifest records of how this scenario scores (sizes, rules)."""
         return {}
 
+    @classmethod
+    def held_out_scores(cls, store: ModelStore, image_ids: Sequence[int]) -> list[float] | None:
+        """The validation scores thresholds are chosen on, where they are not what :meth:`score`
+        gives: a scenario FITTED on the validation images (fused) returns its out-of-fold scores
+        for ``image_ids``, in that order. None (every other scenario): :meth:`score`'s."""
+        return None
+
     def explain_input(self, image: ImageInput, finding: Finding) -> tuple[Tensor, tuple[int, int, int, int]]:
         """For Grad-CAM: the classifier's input for ``image`` ([1, S, S], letterboxed) and the
         window (x0, y0, x1, y1, in ``image.pixels``' pixels) it shows."""
@@ -212,10 +239,9 @@ class Scenario(ABC):
 
 
 def load_scenarios(store: ModelStore, names: Iterable[str]) -> dict[str, Scenario]:
-    """The named scenarios from one folder, sharing its models."""
-    from limbscan.scenarios import scenario_class
-
-    return {name: scenario_class(name).load(store) for name in names}
+    """The named scenarios from one folder, sharing its models (and, for the fused scenario, the
+    other scenarios' objects, so a batch scores each once)."""
+    return {name: store.scenario(name) for name in names}
 
 
 def score_images(
@@ -233,7 +259,7 @@ def score_images(
         if pending:
             batch = Batch(pending)
             for name, scenario in scenarios.items():
-                found[name].extend(scenario.score(batch))
+                found[name].extend(batch.findings(scenario))
             pending.clear()
 
     with torch.inference_mode():

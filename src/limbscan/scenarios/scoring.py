@@ -16,7 +16,7 @@ import numpy as np
 from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
 from limbscan.rundir import BEST, RunDir
-from limbscan.scenarios import info
+from limbscan.scenarios import info, scenario_class
 from limbscan.scenarios.base import ImageInput, ModelStore, load_scenarios, score_images
 
 
@@ -82,16 +82,24 @@ def validation_scores(
 ) -> dict:
     """Every trained scenario's scores on the validation split, from its best checkpoint: where
     the operating thresholds are chosen, so evaluation never picks one on the split it reports.
+    A scenario fitted on these images (fused) gives its out-of-fold scores instead
+    (:meth:`~limbscan.scenarios.base.Scenario.held_out_scores`), never its in-sample ones.
 
     ``train_images``: every image trained on (auxiliary ones included), for the body parts seen;
     ``training_data``: the datasets trained on (:meth:`~limbscan.scenarios.stage.RunData.training_data`).
     """
     scored = score_run(run, ds, val_images)
+    ids = [int(im["id"]) for im in val_images]
+    store = ModelStore(run)
+    scores = {}
+    for name, s in scored.items():
+        held_out = scenario_class(name).held_out_scores(store, ids)
+        scores[name] = [round(float(v), 6) for v in (s.scores if held_out is None else held_out)]
     return {
         "dataset": str(ds.root.resolve()),
-        "image_ids": [int(im["id"]) for im in val_images],
+        "image_ids": ids,
         "labels": [int(im["label"]) for im in val_images],
-        "scores": {name: [round(float(v), 6) for v in s.scores] for name, s in scored.items()},
+        "scores": scores,
         "train_body_parts": (
             sorted({im.get("body_part") or "unknown" for im in train_images}) if train_images is not None else None
         ),

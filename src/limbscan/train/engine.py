@@ -18,6 +18,10 @@ way for all of them, in the manner of torchvision's ``references/detection``:
   checkpoint as it was;
 - under ``torchrun`` (``WORLD_SIZE`` > 1): ``DistributedDataParallel`` (gloo on CPU, NCCL on
   CUDA), each rank on its own shard of the data, rank 0 alone validating, checkpointing and logging.
+
+A stage that fits without gradients (``needs_gradients = False``: the fused scenario's weights)
+skips all of that: :func:`fit` calls its ``fit_model`` once, as its one epoch, and saves the same
+checkpoint and log line (see :func:`_fit_without_gradients`).
 """
 
 from __future__ import annotations
@@ -193,6 +197,8 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
     With ``resume``, continue from ``out/<stage.name>/last.pt`` when there is one (a finished stage is
     not retrained); without it, any earlier run of this stage in ``out`` is started over.
     """
+    if not getattr(stage, "needs_gradients", True):
+        return _fit_without_gradients(stage, Path(out), cfg, resume, progress)
     info = init_distributed()
     out = Path(out)
     run = RunDir(out)
@@ -328,6 +334,55 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
         if writer is not None:
             writer.close()
     return FitResult(stage.name, folder, len(history), best_epoch, best_auc, history, step_losses)
+
+
+def _fit_without_gradients(stage: Any, out: Path, cfg: Config, resume: bool, progress: bool) -> FitResult:
+    """A stage fitted by ``stage.fit_model(model)`` (which sets the model's buffers and returns the
+    epoch's metrics, ``val_auc`` among them), on rank 0, once: no optimiser, no loader. Its
+    checkpoint is written like a trained stage's (empty optimiser state; ``last.pt`` and
+    ``best.pt`` the same), so everything that loads a stage loads it. With ``resume``, a finished
+    fit is kept if the stage's ``reusable(extra)`` (when it has one) finds its inputs unchanged."""
+    info = init_distributed()
+    run = RunDir(out)
+    folder, last_path = run.stage(stage.name), run.last(stage.name)
+
+    def result(ckpt: dict[str, Any]) -> FitResult:
+        return FitResult(stage.name, folder, int(ckpt["epoch"]), ckpt["best_epoch"], ckpt["best_auc"],
+                         list(ckpt["history"]))
+
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path)
+        if ckpt.get("stage") != stage.name:
+            raise LimbscanError(f"{last_path}: holds stage {ckpt.get('stage')!r}, not {stage.name!r}")
+        reusable = getattr(stage, "reusable", None)
+        if ckpt["epoch"] >= stage.epochs and (reusable is None or reusable(ckpt.get("extra") or {})):
+            return result(ckpt)
+    if info.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_temp_files(folder)
+        started = time.perf_counter()
+        model = stage.model
+        metrics = dict(stage.fit_model(model))
+        if "val_auc" not in metrics:
+            raise LimbscanError(f"{stage.name}: fit_model() must return val_auc (got {sorted(metrics)})")
+        auc = metrics["val_auc"]
+        record = {"stage": stage.name, "epoch": stage.epochs, **metrics,
+                  "seconds": round(time.perf_counter() - started, 3)}
+        payload = {
+            "format": FORMAT, "stage": stage.name, "epoch": stage.epochs, "epochs": stage.epochs,
+            "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [rng_state()],
+            "config": config_to_dict(cfg), "best_auc": auc, "best_epoch": stage.epochs, "history": [record],
+            "world_size": 1, "extra": dict(getattr(stage, "checkpoint_extra", {})),
+        }
+        save_checkpoint(payload, last_path)
+        save_checkpoint(payload, run.best(stage.name))
+        _rewrite_metrics(run.metrics, stage.name, [record])
+        if progress:
+            shown = "n/a" if auc is None else f"{auc:.3f}"
+            Console(stderr=True).print(f"{stage.name}: fitted without gradients, val AUC {shown}, "
+                                       f"{record['seconds']:.1f} s", highlight=False)
+    barrier(info)
+    return result(load_checkpoint(last_path))
 
 
 def _train_epoch(

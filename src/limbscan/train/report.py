@@ -66,10 +66,25 @@ def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
         f"{h.get('seconds', 0.0):.1f} |"
         for h in history
     ]
+    lines += _fusion_lines(history)
     data_lines = _training_data_lines(training_data, summary.get("auxiliary_share"))
     lines += ["", *data_lines] if data_lines else []
     stats = stats_markdown(stats_table(ds), title="Dataset").replace("# Dataset", "## Dataset", 1)
     return "\n".join(lines) + "\n\n" + stats
+
+
+def _fusion_lines(history: list[dict]) -> list[str]:
+    """The rules a stage fitted without gradients (the fused scenario's) was measured by: each
+    rule's cross-validated AUC within the validation split."""
+    lines = []
+    for h in history:
+        rules = [k.removeprefix("cv_auc_") for k in h if k.startswith("cv_auc_") and not k.endswith("_sd")]
+        if rules:
+            measured = ", ".join(f"{r} {_fmt(h[f'cv_auc_{r}'])} ± {_fmt(h.get(f'cv_auc_{r}_sd'))}" for r in rules)
+            lines += ["", f"{h['stage']}: cross-validated AUC of each fusion rule within the validation split "
+                          f"(mean ± sd over reshuffled stratified k-folds): {measured}. Its validation AUC above "
+                          "is out-of-fold: no weight saw the image it scored."]
+    return lines
 
 
 def _training_data_lines(training_data: list[dict], share: float | None) -> list[str]:

@@ -60,6 +60,11 @@
       if (manifest.threshold_rule) parts.push(manifest.threshold_rule);
       if (manifest.limbscan_version) parts.push(`limbscan ${manifest.limbscan_version}`);
       $("model-info").textContent = parts.join(" · ");
+      // Why this scenario is the default (bundles exported before the fused scenario say nothing).
+      if (manifest.default_reason) {
+        $("model-reason").textContent = `default ${manifest.default_reason}`;
+        $("model-reason").hidden = false;
+      }
     } catch {
       $("model-info").textContent = "server unreachable";
     }
