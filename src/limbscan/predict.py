@@ -305,7 +305,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _worklist(records: list[dict]) -> str:
+def worklist_csv(records: list[dict]) -> str:
+    """worklist.csv's text for records of :meth:`Prediction.to_json` shape, each with an ``index``."""
     # Most likely abnormal first; ties keep input order, so the list is the same however sharded.
     ranked = sorted(records, key=lambda r: (-float(r["probability"]), r["index"]))
     buf = io.StringIO()
@@ -337,7 +338,7 @@ def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, o
     records.sort(key=lambda r: r["index"])
     errors.sort(key=lambda e: e["index"])
     write_text_atomic(out / PREDICTIONS, _jsonl([{k: v for k, v in r.items() if k != "index"} for r in records]))
-    write_text_atomic(out / WORKLIST, _worklist(records))
+    write_text_atomic(out / WORKLIST, worklist_csv(records))
     write_text_atomic(out / ERRORS, _jsonl([{"file": e["file"], "error": e["error"]} for e in errors]))
     _drop_stale_overlays(out, {r["overlay"] for r in records if "overlay" in r})
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
@@ -478,4 +479,4 @@ def run_predict(
             shutdown_distributed()
 
 
-__all__ = ["PredictSummary", "collect_inputs", "run_predict"]
+__all__ = ["PredictSummary", "collect_inputs", "run_predict", "worklist_csv"]
