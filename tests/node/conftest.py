@@ -108,6 +108,7 @@ class Orthanc:
     program: str
     folder: Path
     modalities: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more configuration (e.g. LuaScripts)
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -124,7 +125,7 @@ class Orthanc:
             "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port, "DicomPort": self.dicom_port,
             "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
-            "DicomModalities": self.modalities, "DicomCheckCalledAet": False,
+            "DicomModalities": self.modalities, "DicomCheckCalledAet": False, **self.extra,
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=1))
         log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - the process keeps it
@@ -175,17 +176,17 @@ class Orthanc:
 
 @pytest.fixture
 def orthanc(tmp_path):
-    """``make(modalities=None)``: a configured, not yet started :class:`Orthanc`; stopped after the test."""
+    """``make(modalities=None, **extra)``: a configured, not yet started :class:`Orthanc`; stopped after the test."""
     program = _find("Orthanc")
     if program is None or not os.path.exists("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"):
         pytest.skip("Orthanc and its DICOMweb plugin are not installed (apt-get install orthanc orthanc-dicomweb; "
                     ".ci/run does it as root)")
     made: list[Orthanc] = []
 
-    def make(modalities: dict | None = None) -> Orthanc:
+    def make(modalities: dict | None = None, **extra) -> Orthanc:
         folder = tmp_path / f"orthanc-{len(made)}"
         folder.mkdir()
-        made.append(Orthanc(program, folder, modalities or {}))
+        made.append(Orthanc(program, folder, modalities or {}, extra))
         return made[-1]
 
     yield make

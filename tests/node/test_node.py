@@ -22,14 +22,15 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _scu(port: int, aet: str = "SCU"):
+def _scu(port: int, aet: str = "SCU", sop_classes=(CR,)):
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
     from pynetdicom import AE
 
     ae = AE(ae_title=aet)
     ae.add_requested_context("1.2.840.10008.1.1")
-    ae.add_requested_context(CR, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.add_requested_context(CR, JPEG2000Lossless)  # one context per syntax: the SCP picks one of each
+    for sop in sop_classes:
+        ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(sop, JPEG2000Lossless)  # one context per syntax: the SCP picks one of each
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     return ae.associate("127.0.0.1", port, ae_title="LIMBSCAN")
 
@@ -81,6 +82,12 @@ def test_echo_store_score_and_an_unknown_calling_ae_rejected(node_factory, phant
     node.flush_status()  # written at most twice a second otherwise
     status = json.loads((out / "node.json").read_text())
     assert status["node"]["scored"] == 3 and len(status["rows"]) == 3
+    # Its own overlay routed back by a PACS is acknowledged, never scored (no loop).
+    (sc,) = [out / d for d in records[0]["dicom"] if pydicom.dcmread(out / d).Modality == "OT"]
+    assoc = _scu(node.port, sop_classes=["1.2.840.10008.5.1.4.1.1.7"])
+    assert _store(assoc, sc) == 0
+    assoc.release()
+    assert node.wait_idle(30) and len(_lines(out / "predictions.jsonl")) == 3
     text = caplog.text
     assert PATIENT_NAME.split("^")[0] not in text and PATIENT_ID not in text
     assert "STRANGER" in text and all(uid in text for uid in uids)

@@ -151,6 +151,23 @@ def test_orthanc_pushes_a_study_and_gets_the_results_back(orthanc, node_factory,
     assert [d["via"] for d in _lines(node.config.out / "delivered.jsonl")] == ["stow"] * 4
 
 
+def test_orthanc_auto_routes_radiographs_with_the_readmes_lua_script(orthanc, node_factory, storescu, phantoms,
+                                                                     port):
+    script = Path(__file__).resolve().parents[2] / "docs" / "orthanc" / "limbscan.lua"
+    node_port = port()
+    pacs = orthanc({"limbscan": ["LIMBSCAN", "127.0.0.1", node_port]}, LuaScripts=[str(script)]).start()
+    node = node_factory(port=node_port, forward=[parse_forward(f"ORTHANC@127.0.0.1:{pacs.dicom_port}")])
+    sent = phantoms(2)
+    storescu(pacs.dicom_port, sent, called="ORTHANC")  # the modality sends to the PACS only
+    _wait(lambda: len(pacs.instances()) == 6, 120, "2 radiographs + 2 SR + 2 SC in Orthanc")
+    assert node.wait_idle(60)
+    time.sleep(1)  # had the SR or SC been routed back to limbscan, it would be received by now
+    assert len(pacs.instances()) == 6
+    assert sorted(r["sop_instance_uid"] for r in _lines(node.config.out / "predictions.jsonl")) == \
+        sorted(_uid(p) for p in sent)
+    assert _lines(node.config.out / "errors.jsonl") == []
+
+
 def test_destination_down_then_up_results_arrive_once(orthanc, node_factory, storescu, phantoms, port, tmp_path):
     pacs = orthanc()  # configured, not started: both its DICOM and its DICOMweb port refuse
     node = node_factory(forward=[parse_forward(f"ORTHANC@127.0.0.1:{pacs.dicom_port}"),

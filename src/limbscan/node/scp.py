@@ -40,6 +40,7 @@ from pydicom.uid import (
 )
 
 from limbscan.errors import BadInputError
+from limbscan.io.dicom_out import MANUFACTURER
 from limbscan.node.spool import Spool, clean_uid
 
 log = logging.getLogger("limbscan.node")
@@ -68,6 +69,9 @@ _CANDIDATE_SYNTAXES = (
 )
 
 VERIFICATION = UID("1.2.840.10008.1.1")
+# check_object's answer for a Secondary Capture limbscan made: a PACS that routes everything back
+# must not have limbscan score its own overlays, again and again.
+OWN_OUTPUT = "limbscan's own overlay"
 # C-STORE status codes (PS3.4 Table B.2-1).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -115,6 +119,8 @@ def check_object(path: Path, uid: str) -> str | None:
         try:
             if clean_uid(ds.get("SOPInstanceUID")) != uid:
                 return "the data set's SOP Instance UID is not the one its C-STORE request names"
+            if ds.get("SOPClassUID") == SecondaryCaptureImageStorage and ds.get("Manufacturer") == MANUFACTURER:
+                return OWN_OUTPUT
             if "PixelData" not in ds:
                 return "no pixel data: not an image"
             rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
@@ -194,6 +200,10 @@ class StorageSCP:
             return OUT_OF_RESOURCES
         with self.decode_lock:
             problem = check_object(path, uid)
+        if problem == OWN_OUTPUT:
+            self.spool.received_path(uid).unlink(missing_ok=True)
+            log.info("SOP Instance %s from %r: %s, acknowledged and not scored", uid, caller, problem)
+            return SUCCESS
         if problem is not None:
             self.spool.refuse(uid, {"file": f"received/{uid}.dcm", "sop_instance_uid": uid, "error": problem,
                                     "status": "refused"})
