@@ -226,3 +226,31 @@ def test_listen_command_checks_its_options(node_bundle, tmp_path, monkeypatch):
     assert config.allowed == ["PACS", "CR1"] and config.ae_title == "TRIAGE" and config.port == 11113
     assert [d.label for d in config.forward] == ["PACS@10.0.0.5:104", "http://pacs/dicom-web/studies"]
     assert config.host == "127.0.0.1" and config.dicom_out == ("sc", "sr") and started["served"]
+
+
+def test_forwarding_to_a_node_that_takes_only_srs(node_factory, phantoms):
+    """C-STORE to a pynetdicom sink accepting Comprehensive SR only: the SR arrives, the SC it cannot
+    take is moved aside for good instead of blocking the outbox."""
+    from pynetdicom import AE, evt
+
+    from limbscan.node import parse_forward
+
+    got = []
+    sink = AE(ae_title="SINK")
+    sink.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33")
+    server = sink.start_server(("127.0.0.1", 0), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, lambda e: got.append(e.dataset.Modality) or 0)])
+    try:
+        node = node_factory(forward=[parse_forward(f"SINK@127.0.0.1:{server.server_address[1]}")])
+        assoc = _scu(node.port)
+        [path] = phantoms(1)
+        assert _store(assoc, path) == 0
+        assoc.release()
+        assert node.wait_idle(60)
+    finally:
+        server.shutdown()
+    assert got == ["SR"]
+    (dest,) = node.config.forward
+    refused = list((node.spool.outbox(dest.key) / "refused").iterdir())
+    assert len(refused) == 1 and pydicom.dcmread(refused[0]).Modality == "OT"
+    assert [d["via"] for d in _lines(node.config.out / "delivered.jsonl")] == ["dimse"]

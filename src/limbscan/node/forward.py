@@ -110,7 +110,12 @@ def send_dimse(dest: Destination, paths: list[Path], calling_aet: str, on_result
         raise DeliveryError(why)
     try:
         for path in paths:
-            status = assoc.send_c_store(path)
+            try:
+                status = assoc.send_c_store(path)
+            except ValueError:  # pynetdicom: no accepted presentation context for this object's class
+                on_result(path, DeliveryError("the destination accepts no presentation context for its SOP class",
+                                              retry=False))
+                continue
             if not status or "Status" not in status:
                 raise DeliveryError("no C-STORE answer (association lost or timed out)")
             code = int(status.Status)

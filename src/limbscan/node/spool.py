@@ -65,6 +65,8 @@ class Spool:
         self.keep_received = keep_received
         self._lock = threading.Lock()  # appends to the .jsonl files
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(temp_glob()):  # a results file whose rewrite a kill interrupted
+            stale.unlink(missing_ok=True)
         for name in _PRIVATE:
             folder = self.out / name
             folder.mkdir(mode=0o700, exist_ok=True)

@@ -74,7 +74,7 @@ class Scorer(threading.Thread):
             try:
                 self.handle(uid)
             except Exception as err:  # noqa: BLE001 - a disk error: the object stays queued for a restart
-                log.error("SOP Instance %s: left in the queue (%s)", uid, type(err).__name__)
+                log.error("SOP Instance %s: left in received/ for the next start (%s)", uid, type(err).__name__)
             finally:
                 self.busy = False
                 self.work.task_done()
