@@ -210,23 +210,23 @@ def test_killed_mid_queue_then_restarted_scores_every_image_once(orthanc, node_b
                                                                   tmp_path):
     pacs = orthanc().start()
     out, node_port = tmp_path / "node", port()
-    sent = phantoms(12)
+    sent = phantoms(16)
     process = _listen(node_bundle, out, node_port, pacs)
     try:
         _wait(lambda: _running(out), 120, "the node to start")
         storescu(node_port, sent)  # every C-STORE answered: every object is on disk
-        _wait(lambda: len(list((out / "scored").glob("*.json"))) >= 1, 60, "a first result")
+        _wait(lambda: len(list((out / "scored").glob("*.json"))) >= 1, 60, "a first result", poll=0.02)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     left = len(list((out / "received").glob("*.dcm")))
-    assert 0 < left < 12, f"{left} objects left: the kill was not mid-queue"
+    assert 0 < left < 16, f"{left} objects left: the kill was not mid-queue"
 
     process = _listen(node_bundle, out, node_port, pacs)
     try:
-        _wait(lambda: len(list((out / "scored").glob("*.json"))) == 12 and not list((out / "received").iterdir())
+        _wait(lambda: len(list((out / "scored").glob("*.json"))) == 16 and not list((out / "received").iterdir())
               and not list((out / "outbox").glob("*/*.dcm")), 180, "every object scored and sent")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -234,7 +234,7 @@ def test_killed_mid_queue_then_restarted_scores_every_image_once(orthanc, node_b
     records = _lines(out / "predictions.jsonl")
     assert sorted(r["sop_instance_uid"] for r in records) == sorted(_uid(p) for p in sent)  # each once
     by_source = _sr_and_sc(pacs, tmp_path)
-    assert set(by_source) == {_uid(p) for p in sent} and len(pacs.instances()) == 24
+    assert set(by_source) == {_uid(p) for p in sent} and len(pacs.instances()) == 32
     log = (out.parent / "node.log").read_text()
     assert "resuming:" in log and PATIENT_NAME.split("^")[0] not in log and PATIENT_ID not in log
 
