@@ -292,3 +292,36 @@ def test_torchrun_shards_give_the_single_process_outputs(bundle, inputs, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == 4 and summary["options"]["world_size"] == 2
     assert not (out / ".parts").exists()
+
+
+def test_a_folder_file_named_like_an_image_but_not_one_is_listed_not_skipped(model, inputs, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    good = inputs / "scans" / "Doe^John_123456.png"
+    shutil.copyfile(good, scans / "good.png")
+    (scans / "empty.dcm").write_bytes(b"")
+    (scans / "noise.png").write_bytes(os.urandom(300))
+    (scans / "text.JPG").write_text("a typed report, not a picture\n")
+    (scans / "notes.md").write_text("not named like an image: passed over\n")
+    found, errors = collect_inputs([str(scans)])
+    assert [Path(f).name for f in found] == ["good.png"]
+    problems = {Path(e["file"]).name: e["error"] for e in errors}
+    assert set(problems) == {"empty.dcm", "noise.png", "text.JPG"}
+    assert "empty file" in problems["empty.dcm"]
+    assert "not a DICOM, PNG or JPEG" in problems["noise.png"] and "not a DICOM, PNG or JPEG" in problems["text.JPG"]
+    # A pattern meets them the same way.
+    _, by_glob = collect_inputs([str(scans / "*.png")])
+    assert [Path(e["file"]).name for e in by_glob] == ["noise.png"]
+
+    out = tmp_path / "out"
+    summary = run_predict(model, [str(scans)], out, overlays=False, progress=False)
+    assert (summary.n_inputs, summary.n_scored, summary.n_errors) == (4, 1, 3)
+    assert {Path(e["file"]).name for e in _jsonl(out / "errors.jsonl")} == {"empty.dcm", "noise.png", "text.JPG"}
+
+    # A folder holding only such files is scored (nothing) and listed, not refused as empty.
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.dcm").write_text("hello")
+    summary = run_predict(model, [str(only_bad)], tmp_path / "out2", overlays=False, progress=False)
+    assert (summary.n_scored, summary.n_errors) == (0, 1)
+    assert "named like DICOM" in _jsonl(tmp_path / "out2" / "errors.jsonl")[0]["error"]

@@ -557,6 +557,9 @@ def serve_cmd(
     workdir: Annotated[
         Optional[Path], typer.Option(help="Folder for uploads (deleted once predicted) and overlays (default: a temp folder).")
     ] = None,
+    node: Annotated[Optional[Path], typer.Option(
+        "--node", help="Also show the live worklist of the DICOM node writing into this folder (`limbscan listen -o`).")
+    ] = None,
 ) -> None:
     """Serve BUNDLE: a REST API (/v1/predict, docs at /docs) and a worklist web page at /."""
     import ipaddress
@@ -577,9 +580,92 @@ def serve_cmd(
     # The service logs one line per request (id, route, status, time); uvicorn's access log would repeat it.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = create_app(bundle, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                         max_concurrency=concurrency, workdir=workdir)
+                         max_concurrency=concurrency, workdir=workdir, node=node)
     console.print(f"serving {bundle} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(service, host=host, port=port, access_log=False, log_level="info")
+
+
+# -- listen --------------------------------------------------------------------------
+LISTEN_HELP = (
+    "Run as a DICOM node: receive radiographs by C-STORE, score them, send the SR and SC back.\n\n"
+    "A Storage SCP for CR, DX (for presentation and for processing) and Secondary Capture images, in every "
+    "transfer syntax the reader decodes, answering C-ECHO too; only calling AE titles named with --allow may "
+    "associate. Each object is stored in OUT/received before its C-STORE is answered, then scored by one worker "
+    "into OUT/predictions.jsonl, worklist.csv and errors.jsonl (as `predict` writes them); the SR and SC "
+    "(OUT/dicom) go to every --forward and --stow destination as new series of the source's study, through an "
+    "outbox on disk retried with back-off. Stopping (Ctrl+C) or a crash loses nothing: the same command resumes "
+    "the queue and the outbox. --http-port also serves the web page, whose worklist shows what arrives."
+)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command("listen", help=LISTEN_HELP)
+def listen_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder made by `limbscan export` (NAME.limbscan).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Node folder: queue, outbox, results (reused on restart).")],
+    allow: Annotated[list[str], typer.Option(
+        "--allow", help="A calling AE title allowed to associate (the PACS', the modality's); repeat for several.")],
+    aet: Annotated[str, typer.Option("--aet", help="This node's AE title.")] = "LIMBSCAN",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="DICOM port.")] = 11112,
+    forward: Annotated[Optional[list[str]], typer.Option(
+        "--forward", help="Send the SR and SC by C-STORE to AE@host:port (e.g. ORTHANC@pacs:4242); repeatable.")
+    ] = None,
+    stow: Annotated[Optional[list[str]], typer.Option(
+        "--stow", help="Send the SR and SC by STOW-RS to this DICOMweb root (e.g. http://pacs:8042/dicom-web); "
+                       "repeatable.")] = None,
+    stow_token: Annotated[Optional[str], typer.Option(
+        envvar="LIMBSCAN_STOW_TOKEN", show_envvar=True, help="Bearer token for the STOW-RS server.")] = None,
+    scenario: Annotated[Optional[str], typer.Option(help=f"{SCENARIO_CHOICES} (default: the bundle's).")] = None,
+    dicom_out: Annotated[str, typer.Option("--dicom-out", help="DICOM outputs made and sent: sc, sr or sc,sr.")
+                         ] = "sc,sr",
+    keep_received: Annotated[bool, typer.Option(
+        "--keep-received", help="Keep each received object (OUT/kept) once scored, instead of deleting it.")] = False,
+    max_associations: Annotated[int, typer.Option(help="Associations served at the same time.")] = 32,
+    retry_max: Annotated[float, typer.Option(
+        help="Longest wait, in seconds, between tries to reach a destination that is down (back-off 1, 2, 4... s).")
+    ] = 60.0,
+    http_port: Annotated[Optional[int], typer.Option(
+        "--http-port", help="Also serve the web page and REST API (as `serve`) on this port, showing the node's "
+                            "live worklist.")] = None,
+    http_host: Annotated[str, typer.Option(help="Address of the web page (with --http-port).")] = "127.0.0.1",
+    token: Annotated[Optional[str], typer.Option(
+        envvar="LIMBSCAN_TOKEN", show_envvar=True, help="Bearer token for the web page's /v1 calls (--http-port).")
+    ] = None,
+) -> None:
+    import signal
+
+    from limbscan.node import Node, NodeConfig, parse_forward, parse_stow
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom's own INFO lines repeat ours; its warnings and errors still show.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    kinds = tuple(k.strip().lower() for k in dicom_out.split(",") if k.strip())
+    destinations = [parse_forward(f) for f in forward or []] + [parse_stow(u) for u in stow or []]
+    allowed = [a.strip() for a in allow if a.strip()]
+    if not allowed:
+        raise LimbscanError("--allow: name at least one calling AE title (the PACS' or the modality's)")
+    config = NodeConfig(out=out, allowed=allowed, ae_title=aet, host=host, port=port, forward=destinations,
+                        scenario=scenario, dicom_out=kinds, keep_received=keep_received,
+                        max_associations=max_associations, retry_max=retry_max, stow_token=stow_token)
+    node = Node(bundle, config)
+    # SIGTERM (a service manager's stop) ends like Ctrl+C: the object in hand finished, the rest left queued.
+    signal.signal(signal.SIGTERM, _interrupt)
+    node.start()
+    console.print(f"DICOM node {aet} listening on {host}:{node.port}; results in {out}; Ctrl+C stops",
+                  highlight=False)
+    if http_port is None:
+        node.serve_forever()
+        return
+    from limbscan.serve import background_server, create_app
+
+    web = create_app(node.model, token=token, node=out, decode_lock=node.decode_lock)
+    with background_server(web, host=http_host, port=http_port, log_level="warning") as base:
+        console.print(f"web page with the live worklist: {base}/", highlight=False)
+        node.serve_forever()
 
 
 # -- export --------------------------------------------------------------------------

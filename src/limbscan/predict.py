@@ -59,6 +59,8 @@ DICOM_KINDS = ("sc", "sr")
 WORKLIST_COLUMNS = ("rank", "file", "body_part", "probability", "label", "scenario", "n_detections", "overlay",
                     "level")
 _OVERLAY_NAME = re.compile(r"^\d{6,}\.png$")
+# A file named like this in a folder must hold an image: when it does not, errors.jsonl says so.
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -93,11 +95,29 @@ def _walk(folder: Path, exclude: Path | None, errors: list[dict]) -> Iterator[st
             if name.startswith("."):
                 continue
             path = Path(root) / name
-            try:
-                if sniff_format(path) is not None:
-                    yield str(path)
-            except BadInputError as err:  # unreadable: the user should hear of it, the rest goes on
-                errors.append({"file": str(path), "error": err.problem})
+            if _keep(path, errors):
+                yield str(path)
+
+
+def _keep(path: Path, errors: list[dict]) -> bool:
+    """Whether a file met in a folder or pattern is an image to score.
+
+    Told by content; a file named like an image (``.dcm``, ``.png``, ``.jpg``...) whose content is
+    not one (empty, random bytes, text) is listed in ``errors`` as a named file would be, so
+    a broken export is heard of; other files (notes, reports) are passed over without a word.
+    """
+    try:
+        if sniff_format(path) is not None:
+            return True
+    except BadInputError as err:  # unreadable: the user should hear of it, the rest goes on
+        errors.append({"file": str(path), "error": err.problem})
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            read_image(path)  # not an image: raises at once with the reason (empty, not DICOM...)
+        except BadInputError as err:
+            errors.append({"file": str(path), "error": err.problem})
+    return False
 
 
 def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> tuple[list[str], list[dict]]:
@@ -105,9 +125,10 @@ def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) ->
     ``{"file", "error"}`` entries for files found unreadable on the way.
 
     Folders and patterns keep only files whose content is DICOM, PNG or JPEG; a file named
-    explicitly is kept whatever it holds, so a wrong one is reported rather than ignored.
-    ``exclude`` (the output folder) is never searched. A folder or pattern that yields no
-    image, or no input at all, is a :class:`LimbscanError`.
+    explicitly is kept whatever it holds, so a wrong one is reported rather than ignored, and
+    so is a file in a folder named like an image (``.dcm``, ``.png``, ``.jpg``) that holds none.
+    ``exclude`` (the output folder) is never searched. A folder or pattern that yields neither
+    an image nor such a listed file, or no input at all, is a :class:`LimbscanError`.
     """
     if not inputs:
         raise LimbscanError("no input given: name image files, folders or glob patterns")
@@ -115,9 +136,10 @@ def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) ->
     found: list[str] = []
     errors: list[dict] = []
     for item in map(str, inputs):
+        n_errors = len(errors)
         if Path(item).is_dir():
             images = list(_walk(Path(item), exclude, errors))
-            if not images:
+            if not images and len(errors) == n_errors:  # files named like images but not: listed, not refused
                 raise LimbscanError(f"{item}: no DICOM, PNG or JPEG file in this folder")
         elif glob.has_magic(item):
             images = []
@@ -127,12 +149,9 @@ def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) ->
                 if Path(match).is_dir():
                     images.extend(_walk(Path(match), exclude, errors))
                     continue
-                try:
-                    if sniff_format(match) is not None:
-                        images.append(match)
-                except BadInputError as err:
-                    errors.append({"file": match, "error": err.problem})
-            if not images:
+                if _keep(Path(match), errors):
+                    images.append(match)
+            if not images and len(errors) == n_errors:
                 raise LimbscanError(f"{item}: no DICOM, PNG or JPEG file matches this pattern")
         else:
             images = [item]
@@ -288,7 +307,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _worklist(records: list[dict]) -> str:
+def worklist_csv(records: list[dict]) -> str:
+    """worklist.csv's text for records of :meth:`Prediction.to_json` shape, each with an ``index``."""
     # Most likely abnormal first; ties keep input order, so the list is the same however sharded.
     ranked = sorted(records, key=lambda r: (-float(r["probability"]), r["index"]))
     buf = io.StringIO()
@@ -320,7 +340,7 @@ def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, o
     records.sort(key=lambda r: r["index"])
     errors.sort(key=lambda e: e["index"])
     write_text_atomic(out / PREDICTIONS, _jsonl([{k: v for k, v in r.items() if k != "index"} for r in records]))
-    write_text_atomic(out / WORKLIST, _worklist(records))
+    write_text_atomic(out / WORKLIST, worklist_csv(records))
     write_text_atomic(out / ERRORS, _jsonl([{"file": e["file"], "error": e["error"]} for e in errors]))
     _drop_stale_overlays(out, {r["overlay"] for r in records if "overlay" in r})
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
@@ -465,4 +485,4 @@ def run_predict(
             shutdown_distributed()
 
 
-__all__ = ["PredictSummary", "collect_inputs", "run_predict"]
+__all__ = ["PredictSummary", "collect_inputs", "run_predict", "worklist_csv"]

@@ -332,3 +332,24 @@ def _walk(ds: pydicom.Dataset):
     for item in ds.get("ContentSequence", []):
         yield item
         yield from _walk(item)
+
+
+def test_a_uid_seed_makes_every_uid_the_same_on_a_rebuild(tmp_path):
+    source = _synthetic_dicom(tmp_path / "in.dcm")
+    pred, overlay = _prediction(64, 48, n_boxes=2), _overlay(48, 64)
+
+    def uids(paths: list[Path]) -> list[str]:
+        found = []
+        for ds in map(pydicom.dcmread, paths):
+            found += [ds.SOPInstanceUID, ds.SeriesInstanceUID]
+            found += [str(item.UID) for item in _walk(ds) if item.get("ValueType") == "UIDREF"]
+        # The Device Observer UID names limbscan's version, the same in every report.
+        return [uid for uid in found if uid != dicom_out.device_uid(MANIFEST["limbscan_version"])]
+
+    first = dicom_outputs(source, pred, overlay, MANIFEST, tmp_path / "a", uid_seed="1.2.3|bundle")
+    again = dicom_outputs(source, pred, overlay, MANIFEST, tmp_path / "b", uid_seed="1.2.3|bundle")
+    other = dicom_outputs(source, pred, overlay, MANIFEST, tmp_path / "c", uid_seed="1.2.4|bundle")
+    unseeded = dicom_outputs(source, pred, overlay, MANIFEST, tmp_path / "d")
+    assert [p.name for p in first] == [p.name for p in again]
+    assert uids(first) == uids(again) and len(uids(first)) == len(set(uids(first))) >= 7  # 2 x 2 + tracking UIDs
+    assert not set(uids(first)) & set(uids(other)) and not set(uids(first)) & set(uids(unseeded))

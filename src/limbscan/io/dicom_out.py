@@ -42,6 +42,11 @@ these three are local codes under the private designator 99LIMBSCAN (PS3.16 sect
 "99" prefix), declared in the SR's Coding Scheme Identification Sequence. A reader that knows
 only published codes still finds Normality and Threshold Value where they always were.
 
+UIDs are random by default. With ``uid_seed`` (the DICOM node passes the source's SOP Instance
+UID and the bundle's identity) every UID an output holds — series, instance, tracking — is
+derived from the seed, so scoring the same image with the same bundle twice (a re-run after a
+crash) builds the very same objects: a PACS that receives both files the second as a duplicate.
+
 highdicom and pydicom quote header values (the patient's name among them) in warnings and
 log records: those are held back while the objects are built, and any error is redacted
 before it reaches the caller.
@@ -134,6 +139,7 @@ def dicom_outputs(
     manifest: Mapping[str, Any],
     out_dir: Path,
     kinds: Sequence[str] = KINDS,
+    uid_seed: str | None = None,
 ) -> list[Path]:
     """Write the Secondary Capture and/or Comprehensive SR for one DICOM ``source``.
 
@@ -141,7 +147,8 @@ def dicom_outputs(
     overlay (H x W x 3 uint8), ``manifest`` the bundle's ``bundle.json``. Files are named
     ``<SOPInstanceUID>.dcm`` and written atomically into ``out_dir``; their paths come back
     in the order of ``kinds``. A source that is not a usable DICOM image is a
-    :class:`BadInputError` naming it.
+    :class:`BadInputError` naming it. ``uid_seed``: derive every UID from it (see the module
+    docstring) instead of drawing them at random.
     """
     source, out_dir = Path(source), Path(out_dir)
     unknown = [kind for kind in kinds if kind not in KINDS]
@@ -158,9 +165,9 @@ def dicom_outputs(
         with _quiet():
             try:
                 if kind == "sc":
-                    ds = secondary_capture(header, overlay_rgb, manifest)
+                    ds = secondary_capture(header, overlay_rgb, manifest, uid_seed=uid_seed)
                 else:
-                    ds = structured_report(header, prediction, manifest)
+                    ds = structured_report(header, prediction, manifest, uid_seed=uid_seed)
             except (ValueError, TypeError, KeyError, AttributeError) as err:
                 problem = redact(f"{type(err).__name__}: {err}", header)
                 raise BadInputError(
@@ -198,9 +205,11 @@ def source_header(source: Path) -> Dataset:
     return ds
 
 
-def secondary_capture(header: Dataset, overlay_rgb: np.ndarray, manifest: Mapping[str, Any]) -> hd.sc.SCImage:
+def secondary_capture(header: Dataset, overlay_rgb: np.ndarray, manifest: Mapping[str, Any],
+                      uid_seed: str | None = None) -> hd.sc.SCImage:
     """The overlay as a Secondary Capture in the source's study (a new series)."""
     _check_overlay(overlay_rgb)
+    uid = _uids(uid_seed, "sc")
     version = str(manifest.get("limbscan_version", "unknown"))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -208,9 +217,9 @@ def secondary_capture(header: Dataset, overlay_rgb: np.ndarray, manifest: Mappin
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uid("series"),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uid("instance"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         # Placeholder only: highdicom checks single-letter directions, while the source's
@@ -235,9 +244,10 @@ def secondary_capture(header: Dataset, overlay_rgb: np.ndarray, manifest: Mappin
 
 
 def structured_report(
-    header: Dataset, prediction: Mapping[str, Any], manifest: Mapping[str, Any]
+    header: Dataset, prediction: Mapping[str, Any], manifest: Mapping[str, Any], uid_seed: str | None = None
 ) -> hd.sr.ComprehensiveSR:
     """A TID 1500 report of ``prediction`` on the source image (see the module docstring)."""
+    uid = _uids(uid_seed, "sr")
     version = str(manifest.get("limbscan_version", "unknown"))
     scenario = str(prediction["scenario"])
     algorithm = hd.sr.AlgorithmIdentification(
@@ -252,7 +262,7 @@ def structured_report(
     if prediction.get("suspected_threshold") is not None:
         measurements.append(_probability(SUSPECTED_THRESHOLD, prediction["suspected_threshold"]))
     finding = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="limbscan image finding"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid("finding"), identifier="limbscan image finding"),
         finding_type=IMAGING_FINDING,
         algorithm_id=algorithm,
         finding_sites=sites,
@@ -268,7 +278,7 @@ def structured_report(
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"limbscan detection {rank} ({scenario})"
+                    uid=uid(f"detection {rank}"), identifier=f"limbscan detection {rank} ({scenario})"
                 ),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -299,9 +309,9 @@ def structured_report(
     return hd.sr.ComprehensiveSR(
         evidence=[header],
         content=report[0],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uid("series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uid("instance"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         # Complete (nothing left to add) but not verified: no person has signed it off.
@@ -326,6 +336,13 @@ def box_polyline(box: Sequence[float]) -> np.ndarray:
 def device_uid(version: str) -> str:
     """One Device Observer UID per limbscan version, the same on every machine and run."""
     return generate_uid(entropy_srcs=["limbscan device observer", version])
+
+
+def _uids(seed: str | None, kind: str):
+    """``uid(name)``: a fresh random UID, or with a seed the one UID that seed, kind and name give."""
+    if seed is None:
+        return lambda name: generate_uid()
+    return lambda name: generate_uid(entropy_srcs=["limbscan output", seed, kind, name])
 
 
 def _algorithm_parameters(prediction: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:

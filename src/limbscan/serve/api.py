@@ -114,7 +114,7 @@ class _Service:
     """Everything one app holds: the model, its limits, its work folder and its worker threads."""
 
     def __init__(self, model: Model, token: str | None, max_upload_bytes: int, max_concurrency: int,
-                 workdir: Path | None, keep_overlays: int):
+                 workdir: Path | None, keep_overlays: int, decode_lock: threading.Lock | None = None):
         if max_upload_bytes < 1 or max_concurrency < 1:
             raise ValueError("max_upload_bytes and max_concurrency must be positive")
         self.model = model
@@ -130,7 +130,7 @@ class _Service:
         self._executor_lock = threading.Lock()
         # io.dicom collects pydicom's warnings with warnings.catch_warnings, which is process-wide
         # before Python 3.14: two decodes at once could let a warning quoting a header value out.
-        self._decode_lock = threading.Lock()
+        self._decode_lock = decode_lock or threading.Lock()
 
     def prepare_folders(self) -> None:
         # Only this user may look inside: the uploads are patient images, and so are the overlays.
@@ -198,6 +198,8 @@ def create_app(
     max_concurrency: int = 2,
     workdir: Path | None = None,
     keep_overlays: int = KEEP_OVERLAYS,
+    node: Path | None = None,
+    decode_lock: threading.Lock | None = None,
 ) -> FastAPI:
     """The service for one model (a loaded :class:`~limbscan.inference.Model` or a bundle path).
 
@@ -205,12 +207,17 @@ def create_app(
     <token>``. ``max_upload_bytes`` caps a request's body, enforced while it arrives.
     ``workdir`` holds the uploads (deleted once predicted) and the last ``keep_overlays``
     overlays; by default a temporary folder, removed when the app shuts down.
+
+    ``node``: the folder of a ``limbscan listen`` node (the same process's or another's): its
+    live status and worklist at ``GET /v1/node``, its overlays at ``/v1/node/overlays/<uid>.png``,
+    and the page shows them as they arrive. ``decode_lock``: the lock the node decodes under,
+    when both run in one process (pydicom's warnings are collected process-wide).
     """
     if isinstance(model, (str, Path)):
         from limbscan.inference import load
 
         model = load(model)
-    service = _Service(model, token, max_upload_bytes, max_concurrency, workdir, keep_overlays)
+    service = _Service(model, token, max_upload_bytes, max_concurrency, workdir, keep_overlays, decode_lock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -290,6 +297,30 @@ def create_app(
             raise HTTPException(404, "no such overlay (evicted or never made)") from None
         return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    @app.get("/v1/node", dependencies=[Depends(require_token)])
+    async def node_status() -> Response:
+        """The DICOM node's status and latest results, newest first (``limbscan listen``'s node.json);
+        404 when this service shows no node."""
+        if node is None:
+            raise HTTPException(404, "this service shows no DICOM node (start it with --node OUT or listen --http-port)")
+        try:
+            data = await asyncio.to_thread((Path(node) / "node.json").read_bytes)
+        except FileNotFoundError:
+            raise HTTPException(503, "the node has not started yet") from None
+        return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/node/overlays/{uid}.png", dependencies=[Depends(require_token)],
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def node_overlay(uid: str) -> Response:
+        """The overlay of an image the node scored, by its SOP Instance UID."""
+        if node is None or not _is_uid(uid):
+            raise HTTPException(404, "no such overlay")
+        try:
+            data = await asyncio.to_thread((Path(node) / "overlays" / f"{uid}.png").read_bytes)
+        except FileNotFoundError:
+            raise HTTPException(404, "no such overlay") from None
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
         from importlib.resources import files
@@ -360,6 +391,12 @@ def _limited_receive(receive, limit: int):
 def _too_large(limit: int) -> str:
     size = f"{limit / MIB:g} MiB" if limit >= MIB else f"{limit} bytes"
     return f"upload too large: the limit is {size}"
+
+
+def _is_uid(text: str) -> bool:
+    """A DICOM UID (digits and dots): nothing else names a node overlay."""
+    parts = text.split(".")
+    return 0 < len(text) <= 64 and all(part.isdigit() and part.isascii() for part in parts)
 
 
 def _canonical_uuid(text: str) -> bool:

@@ -1,10 +1,13 @@
 // limbscan worklist page: uploads images to /v1/predict (two at a time), lists the answers most
 // suspicious first, shows a row's overlay on click. No framework, nothing fetched from elsewhere.
 // File names stay in this page: each upload is sent under the neutral name "upload".
+// When the server shows a DICOM node (/v1/node answers), the images it receives join the
+// worklist as they are scored: the page asks every NODE_POLL_MS.
 "use strict";
 
 (() => {
   const CONCURRENCY = 2;
+  const NODE_POLL_MS = 2000;
   const TOKEN_KEY = "limbscan.token";
   const STATE_ORDER = { done: 0, analysing: 1, queued: 2, error: 3 };
   // The levels of limbscan.operating_points, as the worklist's badges say them.
@@ -18,6 +21,7 @@
   let paused = false; // waiting for a token: queued uploads hold until one is given
   let selectedKey = null;
   let overlayUrl = null;
+  const nodeSeen = new Set(); // SOP Instance UIDs already in the worklist
 
   // -- server calls ---------------------------------------------------------------------
   function authHeaders() {
@@ -294,6 +298,8 @@
       if (scenario !== result.scenario) rows.push([`Score, ${scenario}`, score.toFixed(3)]);
     }
     rows.push(["Body part", result.body_part ?? "unknown"]);
+    if (result.study_instance_uid) rows.push(["Study Instance UID", result.study_instance_uid]);
+    if (result.sop_instance_uid) rows.push(["SOP Instance UID", result.sop_instance_uid]);
     rows.push(["Lesion proposals", String(result.detections.length)]);
     rows.push(["Image size", `${result.width} × ${result.height} px`]);
     for (const warning of result.warnings || []) rows.push(["Note", warning]);
@@ -306,6 +312,53 @@
       dd.textContent = value;
       list.append(dt, dd);
     }
+  }
+
+  // -- DICOM node -----------------------------------------------------------------------
+  async function pollNode() {
+    let response;
+    try {
+      response = await call("/v1/node");
+    } catch {
+      $("node-status").textContent = "DICOM node: no answer from the server";
+      setTimeout(pollNode, NODE_POLL_MS);
+      return;
+    }
+    if (response.status === 404) return; // this server shows no node: stop asking
+    if (response.ok) {
+      const status = await response.json();
+      showNode(status.node);
+      let added = false;
+      for (const row of [...status.rows].reverse()) { // oldest first, so keys follow arrival
+        if (nodeSeen.has(row.sop_instance_uid)) continue;
+        nodeSeen.add(row.sop_instance_uid);
+        added = true;
+        items.push(nodeItem(row));
+      }
+      if (added) render();
+    }
+    setTimeout(pollNode, NODE_POLL_MS);
+  }
+
+  function nodeItem(row) {
+    const uid = row.sop_instance_uid;
+    const name = `DICOM …${uid.slice(-16)}`;
+    if (row.error) return { key: nextKey++, name, uid, state: "error", result: null, error: row.error };
+    const result = { ...row, detections: row.detections || [], overlay_url: `/v1/node/overlays/${uid}.png` };
+    return { key: nextKey++, name, uid, state: "done", result, error: null };
+  }
+
+  function showNode(node) {
+    const parts = [`DICOM node ${node.ae_title} on port ${node.port}`, node.running ? "listening" : "stopped",
+      `${node.scored} scored`, `${node.queued} queued`];
+    if (node.failed) parts.push(`${node.failed} failed`);
+    for (const dest of node.destinations || []) {
+      let text = `${dest.destination}: ${dest.pending} to send`;
+      if (dest.last_error) text += ` (${dest.last_error})`;
+      parts.push(text);
+    }
+    $("node-status").textContent = parts.join(" · ");
+    $("node-status").hidden = false;
   }
 
   // -- drop zone ------------------------------------------------------------------------
@@ -340,4 +393,5 @@
   window.addEventListener("drop", (event) => event.preventDefault());
 
   loadModel();
+  pollNode();
 })();

@@ -1,0 +1,164 @@
+"""The node's worker: takes received objects off the queue, one at a time, and scores them.
+
+For each SOP Instance UID: read and decode the stored object, predict with the one loaded
+:class:`~limbscan.inference.Predictor`, draw the overlay, build the SR and SC
+(:mod:`limbscan.io.dicom_out`) with UIDs derived from the source and the bundle, put them in
+every destination's outbox, then commit the result (``scored/<uid>.json``) and let the object
+go. A kill anywhere before the commit leaves the object in ``received/``, and the restart does
+it all again, building the very same SR and SC (same UIDs, same outbox names).
+
+An object that cannot be decoded or scored is committed as a failure (``failed/``), logged in
+one line naming its SOP Instance UID and the reason (which never quotes the header), and the
+worker goes on with the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from limbscan.errors import BadInputError
+from limbscan.node.spool import DICOM_DIR, OVERLAY_DIR, Spool
+
+if TYPE_CHECKING:
+    from limbscan.inference import Predictor
+
+log = logging.getLogger("limbscan.node")
+
+
+@dataclass
+class ScoreOptions:
+    scenario: str | None = None
+    dicom_out: tuple[str, ...] = ("sc", "sr")
+
+
+def bundle_identity(manifest: dict[str, Any]) -> str:
+    """A short digest of the bundle's files: with the source's UID, the seed of the outputs' UIDs."""
+    files = json.dumps(manifest.get("files") or {}, sort_keys=True)
+    text = f"{manifest.get('limbscan_version')}|{manifest.get('created')}|{files}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Scorer(threading.Thread):
+    """Scores what ``work`` (a queue of SOP Instance UIDs) hands it until stopped."""
+
+    def __init__(self, model: Predictor, spool: Spool, work: queue.Queue, options: ScoreOptions, *,
+                 post: Callable[[list], None], on_result: Callable[[dict], None], decode_lock: threading.Lock):
+        super().__init__(name="limbscan-score", daemon=True)
+        self.model, self.spool, self.work, self.options = model, spool, work, options
+        self.post, self.on_result = post, on_result
+        self.decode_lock = decode_lock
+        self.scenario = options.scenario or model.default_scenario
+        self.seed = bundle_identity(model.manifest) + f"|{self.scenario}"
+        self.stopping = threading.Event()
+        self.busy = False
+        self.next_seq = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                uid = self.work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.busy = True
+            try:
+                self.handle(uid)
+            except Exception as err:  # noqa: BLE001 - a disk error: the object stays queued for a restart
+                log.error("SOP Instance %s: left in received/ for the next start (%s)", uid, type(err).__name__)
+            finally:
+                self.busy = False
+                self.work.task_done()
+
+    def handle(self, uid: str) -> dict | None:
+        """Score one queued object; its committed record (None when there was nothing to do)."""
+        if not self.spool.received_path(uid).exists():
+            return None  # a second queue entry of an object already done
+        if self.spool.is_done(uid):  # committed before a kill let the object go
+            if self.spool.is_failed(uid):
+                self.spool.finish_failed(uid)
+            else:
+                self.spool.release(uid)
+            return None
+        started = time.time()
+        received_at = self.spool.received_at(uid)
+        try:
+            record = self._score(uid)
+        except BadInputError as err:
+            return self._fail(uid, err.problem, received_at)
+        except Exception as err:  # noqa: BLE001 - the model saw pixels only; the type is enough
+            return self._fail(uid, f"could not score the image ({type(err).__name__})", received_at)
+        record.update(seq=self._seq(), received_at=received_at, scored_at=time.time(),
+                      seconds=round(time.time() - started, 3))
+        self.spool.commit(uid, record)
+        log.info("SOP Instance %s scored: %s, probability %.3f (%.2f s)", uid, record["level"],
+                 record["probability"], record["seconds"])
+        self.on_result(record)
+        return record
+
+    def _seq(self) -> int:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        return seq
+
+    def _score(self, uid: str) -> dict:
+        from limbscan.io import read_image
+        from limbscan.io.dicom import read_dataset
+        from limbscan.overlay import render_overlay, save_png
+
+        path = self.spool.received_path(uid)
+        with self.decode_lock:
+            pixels, meta = read_image(path)
+            header = read_dataset(path)
+            study = str(header.get("StudyInstanceUID") or "")
+        [pred] = self.model.predict([pixels], scenario=self.scenario, masks=True)
+        pred.file = f"received/{uid}.dcm"
+        if pred.body_part is None:
+            pred.body_part = meta.body_part
+        record = pred.to_json()
+        record.update(sop_instance_uid=uid, study_instance_uid=study or None)
+        rgb = render_overlay(pixels, pred)
+        save_png(rgb, self.spool.overlay_path(uid))
+        record["overlay"] = f"{OVERLAY_DIR}/{uid}.png"
+        warnings = list(meta.warnings)
+        if self.options.dicom_out:
+            from limbscan.io.dicom_out import dicom_outputs
+
+            try:
+                with self.decode_lock:
+                    written = dicom_outputs(path, record, rgb, self.model.manifest, self.spool.dicom_dir,
+                                            self.options.dicom_out, uid_seed=f"{uid}|{self.seed}")
+            except BadInputError as err:  # the score stands; only the objects to send are missing
+                warnings.append(f"DICOM output failed: {err.problem}")
+                log.warning("SOP Instance %s: no SR / SC (%s)", uid, err.problem)
+            else:
+                record["dicom"] = [f"{DICOM_DIR}/{p.name}" for p in written]
+                self.post(written)
+        if warnings:
+            record["warnings"] = warnings
+        return record
+
+    def _fail(self, uid: str, problem: str, received_at: float | None) -> dict:
+        # One line: decoders' messages run over several.
+        problem = " ".join(problem.replace(str(self.spool.received_path(uid)), f"received/{uid}.dcm").split())
+        record = {"file": f"received/{uid}.dcm", "sop_instance_uid": uid, "error": problem, "status": "failed",
+                  "seq": self._seq(), "received_at": received_at, "scored_at": time.time()}
+        self.spool.fail(uid, record)
+        log.warning("SOP Instance %s: failed, %s", uid, problem)
+        self.on_result(record)
+        return record
+
+
+def start_seq(records: Sequence[dict]) -> int:
+    return max((int(r.get("seq", -1)) for r in records), default=-1) + 1
+
+
+__all__ = ["ScoreOptions", "Scorer", "bundle_identity", "start_seq"]
