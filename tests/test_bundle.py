@@ -34,7 +34,7 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
     assert m["format"] == BUNDLE_FORMAT and m["limbscan_version"] == __version__
     assert m["scenarios"] == ["whole-image", "detector", "cascade", "fused"]
     val = json.loads((run / "val_scores.json").read_text())
-    # the default: the best cross-validated AUC on validation, and why (see tests/scenarios/test_fused.py)
+    # the default: the best held-out AUC on validation, and why (see tests/scenarios/test_fused.py)
     assert (m["default_scenario"], m["default_reason"]) == default_from_validation(val, m["scenarios"])
     assert m["default_reason"].startswith(f"{m['default_scenario']}: ")
     assert m["threshold_rule"] == "youden"

@@ -22,9 +22,9 @@ and stored: every later use of the bundle (predict, serve, evaluate) applies the
 A bundle without ``operating_points`` (exported before they existed) still loads, with no
 suspected threshold; the format number did not change, since nothing older readers need moved.
 
-``default_scenario`` is the scenario with the best cross-validated AUC on the validation split
-(:func:`limbscan.scenarios.choose_default`: the base scenarios' validation AUC, the fused one's
-out-of-fold AUC), and ``default_reason`` says so with the numbers; a bundle exported before
+``default_scenario`` is the scenario with the best held-out AUC on the validation split
+(:func:`limbscan.scenarios.choose_default`: the base scenarios' validation AUC at their best
+epoch, which that choice makes if anything optimistic, the fused one's out-of-fold AUC), and ``default_reason`` says so with the numbers; a bundle exported before
 has no reason. With the fused scenario, ``fusion`` holds its rule, weights and both rules'
 cross-validated AUCs.
 """
@@ -77,7 +77,7 @@ def default_scenario(scenarios: list[str]) -> str:
 
 
 def default_from_validation(val: dict[str, Any], scenarios: list[str]) -> tuple[str, str]:
-    """(scenario, why): the best cross-validated AUC on the run's validation scores
+    """(scenario, why): the best held-out AUC on the run's validation scores
     (``val_scores.json``, where the fused scenario's scores are out-of-fold)."""
     from sklearn.metrics import roc_auc_score
 

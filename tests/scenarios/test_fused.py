@@ -169,7 +169,7 @@ def test_the_default_is_the_best_cross_validated_auc_and_the_reason_names_it(fus
     best = max(aucs.values())
     assert aucs[m["default_scenario"]] == best
     assert (m["default_scenario"], m["default_reason"]) == default_from_validation(val, m["scenarios"])
-    assert m["default_reason"].startswith(f"{m['default_scenario']}: best cross-validated AUC on the validation split, "
+    assert m["default_reason"].startswith(f"{m['default_scenario']}: best validation AUC (fused: out-of-fold; the others: their best epoch's), "
                                           f"{best:.3f} vs ")
     for name in m["scenarios"]:
         assert f"{aucs[name]:.3f}" in m["default_reason"]
@@ -177,10 +177,10 @@ def test_the_default_is_the_best_cross_validated_auc_and_the_reason_names_it(fus
 
 def test_choose_default_by_auc_with_ties_to_the_unfitted_scenario():
     assert choose_default({"whole-image": 0.90, "detector": 0.83, "cascade": 0.85, "fused": 0.91}) == (
-        "fused", "fused: best cross-validated AUC on the validation split, 0.910 vs whole-image 0.900, detector "
+        "fused", "fused: best validation AUC (fused: out-of-fold; the others: their best epoch's), 0.910 vs whole-image 0.900, detector "
                  "0.830, cascade 0.850")
     name, why = choose_default({"whole-image": 0.92, "detector": 0.83, "cascade": 0.85, "fused": 0.91})
-    assert name == "whole-image" and why.startswith("whole-image: best cross-validated AUC")
+    assert name == "whole-image" and why.startswith("whole-image: best validation AUC")
     name, why = choose_default({"whole-image": 0.8, "cascade": 0.9, "fused": 0.9})
     assert name == "cascade" and "tied with fused" in why  # a fitted scenario must win outright
     name, why = choose_default({"whole-image": None, "cascade": None, "fused": None})

@@ -80,7 +80,7 @@ def test_health_model_and_page(model, tmp_path):
         assert manifest.json()["default_scenario"] == model.default_scenario
         # and why: the page shows it (#model-reason, filled from default_reason by app.js)
         assert manifest.json()["default_reason"] == model.default_reason
-        assert model.default_reason.startswith(f"{model.default_scenario}: best cross-validated AUC")
+        assert model.default_reason.startswith(f"{model.default_scenario}: best validation AUC")
         assert manifest.json()["thresholds"] == pytest.approx(model.manifest["thresholds"])
         assert manifest.json()["operating_points"] == model.manifest["operating_points"]  # what the page shows
         assert str(model.path) not in manifest.text and str(tmp_path) not in manifest.text

@@ -69,7 +69,7 @@ def test_page_uploads_ranks_and_shows_an_overlay(browser, bundle, tiny_run, tmp_
         page.goto(base + "/")
         # Locator waits, not wait_for_function: the page's CSP (kept on here) forbids the eval it needs.
         expect(page.locator("#model-info")).to_contain_text("model: ")
-        # which scenario is the default, and why (the bundle's best cross-validated AUC)
+        # which scenario is the default, and why (the bundle's best held-out validation AUC)
         from limbscan.bundle import read_manifest
 
         expect(page.locator("#model-reason")).to_have_text(f"default {read_manifest(bundle)['default_reason']}")

@@ -194,7 +194,7 @@ SCORES_FILE = "scores.csv"
 
 def _default_for(run: Path, val: dict[str, Any], scenarios: list[str]) -> str:
     """The scenario ``predict`` would use: a bundle's stored default; for a run, the one its
-    export would choose (best cross-validated AUC on ``val``)."""
+    export would choose (best held-out AUC on ``val``)."""
     from limbscan.bundle import default_from_validation, is_bundle, read_manifest
 
     if is_bundle(run):

@@ -138,7 +138,7 @@ def default_scenario(available: list[str]) -> str:
     """The default where no validation scores say which scenario is best: the last registered one
     ``available`` holds that was not fitted on validation (the paper's best, the cascade, when
     trained); a scenario fitted on validation (fused) only when nothing else is there.
-    A bundle chooses by cross-validated AUC instead (:func:`choose_default`)."""
+    A bundle chooses by held-out validation AUC instead (:func:`choose_default`)."""
     for name in reversed(_REGISTRY):
         if name in available and not _REGISTRY[name].fitted_on_validation:
             return name
@@ -149,7 +149,7 @@ def default_scenario(available: list[str]) -> str:
 
 
 def choose_default(aucs: dict[str, float | None]) -> tuple[str, str]:
-    """(scenario, why): the scenario with the best cross-validated AUC on the validation split,
+    """(scenario, why): the scenario with the best held-out AUC on the validation split,
     from ``aucs`` (scenario -> AUC; None where undefined). For a scenario fitted on validation
     (fused) its AUC must be its out-of-fold one; for the others their validation AUC is (nothing
     was fitted on validation but the epoch choice). A tie, or no AUC at all, goes to
@@ -163,7 +163,7 @@ def choose_default(aucs: dict[str, float | None]) -> tuple[str, str]:
     name = default_scenario([n for n, v in defined.items() if v == best])
     others = ", ".join(f"{n} {_auc(aucs[n])}" for n in available if n != name)
     tie = [n for n, v in defined.items() if v == best and n != name]
-    why = f"{name}: best cross-validated AUC on the validation split, {defined[name]:.3f}"
+    why = f"{name}: best validation AUC (fused: out-of-fold; the others: their best epoch's), {defined[name]:.3f}"
     why += f" vs {others}" if others else ""
     if tie:
         why += f" (tied with {', '.join(tie)}: a tie goes to the later scenario not fitted on validation)"
