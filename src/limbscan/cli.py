@@ -377,7 +377,8 @@ def cv_cmd(
                              n_boot=n_boot)
     table = Table(title=f"{k}-fold cross-validation by patient on train + val ({summary['n_images']} images; "
                         "test not read)")
-    for column in ("scenario", "AUC mean ± sd", "pooled OOF AUC [95 % CI]", "folds"):
+    table.add_column("scenario", no_wrap=True)  # names whole, however narrow the terminal
+    for column in ("AUC mean ± sd", "pooled OOF AUC [95 % CI]", "folds"):
         table.add_column(column)
     for name, s in summary["scenarios"].items():
         mean = _fmt(s["auc_mean"]) + ("" if s["auc_sd"] is None else f" ± {s['auc_sd']:.3f}")
@@ -385,7 +386,8 @@ def cv_cmd(
         pooled = _fmt(s["oof_auc"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         table.add_row(name, mean, pooled, " ".join(_fmt(a) for a in s["fold_auc"]))
     console.print(table)
-    console.print(f"out-of-fold scores: {CvDir(out).oof_scores}; summary: {CvDir(out).summary}", highlight=False)
+    console.print(f"out-of-fold scores: {CvDir(out).oof_scores}; summary: {CvDir(out).summary}", highlight=False,
+                  soft_wrap=True)  # paths unbroken, to copy
 
 
 # -- evaluate ------------------------------------------------------------------------
