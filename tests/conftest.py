@@ -137,3 +137,23 @@ def with_operating_points(tmp_path_factory):
         return dst
 
     return make
+
+
+# The web page in a real browser: Debian's chromium driven by Playwright (never `playwright install`).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A chromium browser, or a skip that says why there is none."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser: {CHROMIUM} is absent (`apt-get install -y chromium`)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (`pip install playwright`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

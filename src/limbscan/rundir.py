@@ -38,8 +38,8 @@ CV_FILE = "cv.json"
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """A run (or bundle) folder; each property is one of its files, whether or not it exists yet."""
+class _Folder:
+    """A folder limbscan writes; each property of a subclass is one of its files."""
 
     root: Path
 
@@ -53,6 +53,10 @@ class RunDir:
     def config(self) -> Path:
         return self.root / CONFIG_FILE
 
+
+@dataclass(frozen=True, init=False)  # _Folder's __init__: any path-like becomes a Path
+class RunDir(_Folder):
+    """A run (or bundle) folder; each property is one of its files, whether or not it exists yet."""
     @property
     def summary(self) -> Path:
         return self.root / SUMMARY_FILE
@@ -101,8 +105,8 @@ class RunDir:
         return load_config(path, overrides)
 
 
-@dataclass(frozen=True)
-class CvDir:
+@dataclass(frozen=True, init=False)
+class CvDir(_Folder):
     """A cross-validation folder (``limbscan cv -o OUT``)::
 
         config.yaml       the resolved config every fold trains with
@@ -111,18 +115,6 @@ class CvDir:
         oof_scores.csv    every pooled image's out-of-fold score, one column per scenario
         cv.json           per scenario: fold AUCs, mean and sd, pooled out-of-fold AUC, operating points
     """
-
-    root: Path
-
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    def __fspath__(self) -> str:
-        return str(self.root)
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
 
     @property
     def folds(self) -> Path:
