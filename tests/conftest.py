@@ -81,6 +81,22 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
+    """``tiny_run`` exported as a bundle, once per test process. Read-only: copy it to change it."""
+    from limbscan.bundle import export_bundle
+
+    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("tiny_bundle") / "m.limbscan")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_bundle):
+    """``tiny_bundle`` loaded (``limbscan.load``), shared by the tests that only predict with it."""
+    from limbscan.inference import load
+
+    return load(tiny_bundle)
+
+
+@pytest.fixture(scope="session")
 def pydicom_data():
     """Return a getter for pydicom-data's real files (e.g. 'RG3_UNCR.dcm'), or skip."""
     try:

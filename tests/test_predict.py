@@ -23,17 +23,13 @@ IDENTIFYING = ["Doe^John_123456", "Roe^Jane_654321", "Poe^Ann_777", "Moe^Max_888
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory) -> Path:
-    from limbscan.bundle import export_bundle
-
-    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("predict") / "m.limbscan")
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def model(bundle):
-    from limbscan.inference import load
-
-    return load(bundle)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,6 @@ def _find(program: str) -> str | None:
     return shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
 
 
-@pytest.fixture(scope="session")
-def node_bundle(tiny_run, tmp_path_factory) -> Path:
-    from limbscan.bundle import export_bundle
-
-    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("node_bundle") / "m.limbscan")
-
-
-@pytest.fixture(scope="session")
-def node_model(node_bundle):
-    from limbscan.inference import load
-
-    return load(node_bundle)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,12 +41,12 @@ def _store(assoc, ds_or_path) -> int:
 
 
 @pytest.fixture
-def node_factory(node_model, tmp_path):
+def node_factory(tiny_model, tmp_path):
     nodes: list[Node] = []
 
     def make(out: Path | None = None, **options) -> Node:
         config = NodeConfig(out=out or tmp_path / "node", allowed=["SCU"], port=0, **options)
-        nodes.append(Node(node_model, config).start())
+        nodes.append(Node(tiny_model, config).start())
         return nodes[-1]
 
     yield make
@@ -139,7 +139,7 @@ def test_a_corrupt_object_gets_a_failure_status_and_the_node_keeps_serving(node_
     assert node.wait_idle(30) and len(_lines(out / "errors.jsonl")) == 3
 
 
-def test_a_restart_resumes_the_queue_and_scores_each_object_once(node_model, node_factory, phantoms, tmp_path):
+def test_a_restart_resumes_the_queue_and_scores_each_object_once(tiny_model, node_factory, phantoms, tmp_path):
     from limbscan.node.spool import Spool
 
     out = tmp_path / "node"
@@ -161,7 +161,7 @@ def test_a_restart_resumes_the_queue_and_scores_each_object_once(node_model, nod
     assert len({json.loads(p.read_text())["seq"] for p in (out / "scored").glob("*.json")}) == 3
 
 
-def test_serve_shows_the_nodes_live_worklist(node_model, node_factory, phantoms, tmp_path):
+def test_serve_shows_the_nodes_live_worklist(tiny_model, node_factory, phantoms, tmp_path):
     from fastapi.testclient import TestClient
 
     from limbscan.serve import create_app
@@ -174,7 +174,7 @@ def test_serve_shows_the_nodes_live_worklist(node_model, node_factory, phantoms,
     assert node.wait_idle(60)
     node.flush_status()
     uid = str(pydicom.dcmread(path).SOPInstanceUID)
-    with TestClient(create_app(node_model, node=node.config.out, token="t", workdir=tmp_path / "web")) as client:
+    with TestClient(create_app(tiny_model, node=node.config.out, token="t", workdir=tmp_path / "web")) as client:
         auth = {"Authorization": "Bearer t"}
         assert client.get("/v1/node").status_code == 401
         status = client.get("/v1/node", headers=auth).json()
@@ -185,11 +185,11 @@ def test_serve_shows_the_nodes_live_worklist(node_model, node_factory, phantoms,
         assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
         assert client.get("/v1/node/overlays/..%2fnode.json.png", headers=auth).status_code == 404
         assert client.get("/v1/node/overlays/1.2.3.png", headers=auth).status_code == 404
-    with TestClient(create_app(node_model, workdir=tmp_path / "web2")) as client:
+    with TestClient(create_app(tiny_model, workdir=tmp_path / "web2")) as client:
         assert client.get("/v1/node").status_code == 404
 
 
-def test_listen_command_checks_its_options(node_bundle, tmp_path, monkeypatch):
+def test_listen_command_checks_its_options(tiny_bundle, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import limbscan.node
@@ -197,9 +197,9 @@ def test_listen_command_checks_its_options(node_bundle, tmp_path, monkeypatch):
     from limbscan.errors import LimbscanError
 
     runner = CliRunner()
-    result = runner.invoke(app, ["listen", str(node_bundle), "-o", str(tmp_path / "n")])
+    result = runner.invoke(app, ["listen", str(tiny_bundle), "-o", str(tmp_path / "n")])
     assert result.exit_code != 0 and "--allow" in result.output
-    result = runner.invoke(app, ["listen", str(node_bundle), "-o", str(tmp_path / "n"), "--allow", "PACS",
+    result = runner.invoke(app, ["listen", str(tiny_bundle), "-o", str(tmp_path / "n"), "--allow", "PACS",
                                  "--forward", "PACS-at-host"])
     assert isinstance(result.exception, LimbscanError) and "AE@host:port" in str(result.exception)
 
@@ -218,7 +218,7 @@ def test_listen_command_checks_its_options(node_bundle, tmp_path, monkeypatch):
 
     monkeypatch.setattr(limbscan.node, "Node", FakeNode)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # the command's SIGTERM handler: not in pytest
-    result = runner.invoke(app, ["listen", str(node_bundle), "-o", str(tmp_path / "n"), "--allow", "PACS",
+    result = runner.invoke(app, ["listen", str(tiny_bundle), "-o", str(tmp_path / "n"), "--allow", "PACS",
                                  "--allow", "CR1", "--aet", "TRIAGE", "--port", "11113",
                                  "--forward", "PACS@10.0.0.5:104", "--stow", "http://pacs/dicom-web"])
     assert result.exit_code == 0, result.output

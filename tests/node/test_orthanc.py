@@ -78,14 +78,14 @@ def _check_report(sr_path: Path, record: dict) -> None:
 
 
 @pytest.fixture
-def node_factory(node_model, tmp_path):
+def node_factory(tiny_model, tmp_path):
     nodes: list[Node] = []
 
     def make(**options) -> Node:
         options.setdefault("out", tmp_path / "node")
         options.setdefault("allowed", ["STORESCU", "ORTHANC"])
         options.setdefault("port", 0)
-        nodes.append(Node(node_model, NodeConfig(**options)).start())
+        nodes.append(Node(tiny_model, NodeConfig(**options)).start())
         return nodes[-1]
 
     yield make
@@ -206,12 +206,12 @@ def _running(out: Path) -> bool:
         return False
 
 
-def test_killed_mid_queue_then_restarted_scores_every_image_once(orthanc, node_bundle, storescu, phantoms, port,
+def test_killed_mid_queue_then_restarted_scores_every_image_once(orthanc, tiny_bundle, storescu, phantoms, port,
                                                                   tmp_path):
     pacs = orthanc().start()
     out, node_port = tmp_path / "node", port()
     sent = phantoms(16)
-    process = _listen(node_bundle, out, node_port, pacs)
+    process = _listen(tiny_bundle, out, node_port, pacs)
     try:
         _wait(lambda: _running(out), 120, "the node to start")
         storescu(node_port, sent)  # every C-STORE answered: every object is on disk
@@ -224,7 +224,7 @@ def test_killed_mid_queue_then_restarted_scores_every_image_once(orthanc, node_b
     left = len(list((out / "received").glob("*.dcm")))
     assert 0 < left < 16, f"{left} objects left: the kill was not mid-queue"
 
-    process = _listen(node_bundle, out, node_port, pacs)
+    process = _listen(tiny_bundle, out, node_port, pacs)
     try:
         _wait(lambda: len(list((out / "scored").glob("*.json"))) == 16 and not list((out / "received").iterdir())
               and not list((out / "outbox").glob("*/*.dcm")), 180, "every object scored and sent")

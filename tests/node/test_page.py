@@ -6,12 +6,12 @@ from limbscan.node import Node, NodeConfig
 from limbscan.serve import background_server, create_app
 
 
-def test_the_page_adds_each_image_the_node_scores(browser, node_model, phantoms, tmp_path):
+def test_the_page_adds_each_image_the_node_scores(browser, tiny_model, phantoms, tmp_path):
     from playwright.sync_api import expect
     from pynetdicom import AE
 
-    node = Node(node_model, NodeConfig(out=tmp_path / "node", allowed=["SCU"], port=0)).start()
-    app = create_app(node_model, node=node.config.out, decode_lock=node.decode_lock, workdir=tmp_path / "web")
+    node = Node(tiny_model, NodeConfig(out=tmp_path / "node", allowed=["SCU"], port=0)).start()
+    app = create_app(tiny_model, node=node.config.out, decode_lock=node.decode_lock, workdir=tmp_path / "web")
     try:
         with background_server(app) as base:
             page = browser.new_page()
