@@ -363,6 +363,9 @@ def cv_cmd(
         float, typer.Option(help="Suspected point: reach this out-of-fold sensitivity.")
     ] = SUSPECTED_SENSITIVITY,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the pooled AUC's 95 % CI.")] = 2000,
+    fold: Annotated[Optional[list[int]], typer.Option(
+        "--fold", help="Train only this fold (0 to k-1; repeat for several), e.g. one process per GPU or machine "
+                       "on the same OUT; the call that finds every fold finished writes the summary.")] = None,
     quiet: Quiet = False,
 ) -> None:
     from rich.table import Table
@@ -374,7 +377,12 @@ def cv_cmd(
     cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
     summary = cross_validate(dataset, cfg, out, k=k, scenarios=scenario, seed=seed, progress=not quiet,
                              target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
-                             n_boot=n_boot)
+                             n_boot=n_boot, folds=fold)
+    if "scenarios" not in summary:
+        console.print(f"folds finished: {', '.join(map(str, summary['finished'])) or 'none'}; still to train: "
+                      f"{', '.join(map(str, summary['pending']))}. The summary is written by the call that finds "
+                      "every fold finished (the same command without --fold trains the rest).")
+        return
     table = Table(title=f"{k}-fold cross-validation by patient on train + val ({summary['n_images']} images; "
                         "test not read)")
     table.add_column("scenario", no_wrap=True)  # names whole, however narrow the terminal

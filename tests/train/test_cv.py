@@ -250,3 +250,30 @@ def test_search_with_folds_cross_validates_each_trial(done, tiny_config_factory,
     assert ranked[0]["cv_auc_sd"] == summary["scenarios"]["whole-image"]["auc_sd"]
     assert summary["config"]["train"]["lr_backbone"] == pytest.approx(ranked[0]["lr_backbone"])
     assert [trial.fold(i).best("whole-image").is_file() for i in range(K)] == [True] * K
+
+
+@pytest.mark.slow
+def test_folds_trained_apart_then_summarised_by_the_call_that_finds_them_all(done, tiny_config_factory, tmp_path,
+                                                                             monkeypatch):
+    """``--fold``: one process per fold on the same folder; no summary until every fold is finished."""
+    root = done[0]
+    cfg = _cfg(tiny_config_factory)
+    out = tmp_path / "cv"
+    calls = []
+    real_train = runner.train
+
+    def spy(ds, cfg, out, resume=False, progress=True):
+        calls.append(Path(out).name)
+        return real_train(ds, cfg, out, resume=resume, progress=progress)
+
+    monkeypatch.setattr(runner, "train", spy)
+    with pytest.raises(LimbscanError, match="numbered 0 to 2"):
+        cross_validate(root, cfg, out, k=K, progress=False, folds=[3])
+    partial = cross_validate(root, cfg, out, k=K, progress=False, folds=[2])
+    assert partial == {"k": K, "finished": [2], "pending": [0, 1]} and calls == ["fold-2"]
+    assert not CvDir(out).summary.exists() and not CvDir(out).fold(0).root.exists()
+    summary = cross_validate(root, cfg, out, k=K, progress=False, n_boot=50, folds=[1, 0])
+    assert calls == ["fold-2", "fold-0", "fold-1"] and CvDir(out).summary.is_file()
+    assert len(summary["scenarios"]["whole-image"]["fold_auc"]) == K
+    # the same folds as one call made them
+    assert json.loads(CvDir(out).folds.read_text()) == json.loads(CvDir(done[1]).folds.read_text())

@@ -83,6 +83,7 @@ def cross_validate(
     target_sensitivity: float | None = None,
     suspected_sensitivity: float = SUSPECTED_SENSITIVITY,
     n_boot: int = 2000,
+    folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train the scenarios on each of ``k`` patient folds of the train + val images, into
     ``out/fold-<i>/``; write ``folds.json``, ``oof_scores.csv`` and ``cv.json`` (see
@@ -92,6 +93,9 @@ def cross_validate(
     need train too and are reported. ``seed``: the fold assignment's (default:
     ``cfg.data.split.seed``); training keeps ``cfg.train.seed``. ``target_sensitivity`` /
     ``suspected_sensitivity``: the operating points' rules, as ``limbscan export`` takes them.
+    ``folds``: train only these folds (0-based), e.g. one process per GPU or machine; the summary
+    is written once every fold is finished, so a last call without ``folds`` writes it. Until then
+    the returned dict holds ``k``, ``finished`` and ``pending`` (fold numbers) and no ``scenarios``.
     """
     from limbscan.train.runner import load_auxiliary, train  # the heavy imports only when CV runs
 
@@ -115,13 +119,16 @@ def cross_validate(
     _pin_folds(folder, main, pool, fold_of, k, seed, sha, is_main)
     _pin_config(folder, cfg, is_main)
 
+    chosen = range(k) if folds is None else sorted({int(f) for f in folds})
+    if any(not 0 <= f < k for f in chosen):
+        raise LimbscanError(f"--fold {', '.join(map(str, chosen))}: folds are numbered 0 to {k - 1}")
     say = _Say(progress and is_main)
-    for i in range(k):
+    for i in chosen:
         run = folder.fold(i)
         view = fold_view(main, fold_of, i)
         if {int(im["id"]) for im in view.images} & test_ids:  # never: the pool holds no test image
             raise LimbscanError(f"fold {i}: a test image reached the fold's data")
-        val_ids = {im_id for im_id, f in fold_of.items() if f == i}
+        val_ids = _val_ids(fold_of, i)
         n_train = len(fold_of) - len(val_ids)
         if _fold_done(run, names, val_ids):
             say(f"fold {i + 1}/{k}: finished earlier, kept ({run.root})")
@@ -136,6 +143,9 @@ def cross_validate(
         aucs = ", ".join(f"{name} {_fmt(r.best_auc)}" for name, r in results.items())
         say(f"fold {i + 1}/{k}: best validation AUC {aucs} ({time.perf_counter() - started:.0f} s)")
 
+    pending = [i for i in range(k) if not _fold_done(folder.fold(i), names, _val_ids(fold_of, i))]
+    if pending:  # only with ``folds``: every fold above was trained
+        return {"k": k, "finished": [i for i in range(k) if i not in pending], "pending": pending}
     summary = summarize(main, folder, fold_of, names, test_ids, n_boot=n_boot,
                         target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity)
     summary.update({"k": k, "seed": seed, "dataset": str(Path(main.root).resolve()), "dataset_sha256": sha,
@@ -274,6 +284,10 @@ def read_oof_scores(path: str | Path) -> list[dict[str, Any]]:
     fixed = ("image_id", "fold", "label", "body_part")
     return [{**{key: int(row[key]) for key in ("image_id", "fold", "label")}, "body_part": row["body_part"],
              **{key: float(v) for key, v in row.items() if key not in fixed}} for row in rows]
+
+
+def _val_ids(fold_of: dict[int, int], fold: int) -> set[int]:
+    return {im_id for im_id, f in fold_of.items() if f == fold}
 
 
 def _fold_done(run: RunDir, names: list[str], val_ids: set[int]) -> bool:
