@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from limbscan.config import Config
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.train import fit, load_checkpoint, save_checkpoint, seed_everything
 from limbscan.train.checkpoint import rng_state, set_rng_state
-from limbscan.train.engine import lr_factor, read_metrics, to_device
+from limbscan.train.engine import lr_factor, read_metrics, step_schedule, to_device
 
 _spec = importlib.util.spec_from_file_location("limbscan_test_toystage", Path(__file__).with_name("toystage.py"))
 toystage = importlib.util.module_from_spec(_spec)
@@ -222,3 +223,19 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
         save_checkpoint({"format": 1, "epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_schedule_step_after_a_step_the_amp_scaler_skipped_is_quiet_and_still_counts():
+    """Under AMP the first optimizer steps can be skipped (overflowing gradients): the schedule
+    advances all the same, without PyTorch's warning about the order in the log."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([weight], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        step_schedule(sched)  # no optimizer.step() before it, as when the scaler skipped it
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    with pytest.warns(UserWarning, match="lr_scheduler.step"):  # what PyTorch says unfiltered
+        weight2 = torch.nn.Parameter(torch.zeros(1))
+        opt2 = torch.optim.SGD([weight2], lr=1.0)
+        torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 1.0).step()

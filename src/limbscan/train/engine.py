@@ -32,6 +32,7 @@ import math
 import os
 import time
 import typing
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -424,7 +425,7 @@ def _train_epoch(
                 _check_finite(norm, "gradient norm", stage.name, epoch, step, info, last_path)
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        step_schedule(scheduler)
 
         value = float(loss.detach())
         step_losses.append(value)
@@ -445,6 +446,16 @@ def _train_epoch(
         means = {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
     ordered = {"train_loss": means.pop("train_loss", float("nan")), **means}
     return {k: round(v, 6) for k, v in ordered.items()}
+
+
+def step_schedule(scheduler: Any) -> None:
+    """One schedule step per batch. Under AMP the scaler skips the first optimizer steps whose
+    gradients overflow while it finds its scale; the schedule still advances, so PyTorch's warning
+    that the scheduler stepped before the optimizer is expected there and kept out of the log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        scheduler.step()
 
 
 def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int, info: DistInfo, last: Path) -> None:
