@@ -333,3 +333,41 @@ def test_cli_evaluate_prints_both_operating_points(bundle, tiny_run, tmp_path):
     for name, s in metrics["scenarios"].items():
         low = s["operating_points"]["suspected"]
         assert f"{name}, suspected point: sensitivity" in said and f"at threshold {low['threshold']:.3f}" in said
+
+
+def _cv_folder(path, scenarios_auc, sha, k=3):
+    """A finished `limbscan cv` folder as export reads it: cv.json with each scenario's fold mean."""
+    path.mkdir(parents=True)
+    summary = {"k": k, "dataset_sha256": sha,
+               "scenarios": {n: {"auc_mean": a, "auc_sd": 0.01, "fold_auc": [a] * k} for n, a in scenarios_auc.items()}}
+    (path / "cv.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_default_from_cv_picks_the_best_fold_mean_and_says_so(bundle, tiny_run, tmp_path):
+    _, run = tiny_run
+    m = read_manifest(bundle)
+    val = json.loads((run / "val_scores.json").read_text())
+    sha = next(d["dataset_sha256"] for d in val["training_data"] if d["role"] == "main")
+    # the CV favours a scenario other than the one validation chose
+    pick = next(n for n in m["scenarios"] if n != m["default_scenario"])
+    aucs = {n: (0.91 if n == pick else 0.80) for n in m["scenarios"]}
+    cv = _cv_folder(tmp_path / "cv", aucs, sha)
+    out = export_bundle(run, tmp_path / "cv.limbscan", default_from_cv_dir=cv)
+    got = read_manifest(out)
+    assert got["default_scenario"] == pick
+    assert got["default_reason"].startswith(f"{pick}: best cross-validated AUC (mean across the folds of 3-fold CV "
+                                            f"in cv), 0.910 vs ")
+    assert got["default_cv"]["auc_mean"] == aucs and got["default_cv"]["k"] == 3
+    assert got["thresholds"] == m["thresholds"]  # the operating points stay the validation split's
+
+    # refused: a scenario the CV did not score, another dataset, no summary yet
+    partial = _cv_folder(tmp_path / "partial", {n: 0.9 for n in m["scenarios"] if n != "fused"}, sha)
+    with pytest.raises(LimbscanError, match="did not score fused.*--scenario whole-image,detector,cascade,fused"):
+        export_bundle(run, tmp_path / "b1.limbscan", default_from_cv_dir=partial)
+    other = _cv_folder(tmp_path / "other", aucs, "0" * 64)
+    with pytest.raises(LimbscanError, match="another dataset.json"):
+        export_bundle(run, tmp_path / "b2.limbscan", default_from_cv_dir=other)
+    with pytest.raises(LimbscanError, match="cv.json: not found"):
+        export_bundle(run, tmp_path / "b3.limbscan", default_from_cv_dir=tmp_path / "nothing")
+    assert not any((tmp_path / f"b{i}.limbscan").exists() for i in (1, 2, 3))

@@ -24,8 +24,10 @@ suspected threshold; the format number did not change, since nothing older reade
 
 ``default_scenario`` is the scenario with the best held-out AUC on the validation split
 (:func:`limbscan.scenarios.choose_default`: the base scenarios' validation AUC at their best
-epoch, which that choice makes if anything optimistic, the fused one's out-of-fold AUC), and ``default_reason`` says so with the numbers; a bundle exported before
-has no reason. With the fused scenario, ``fusion`` holds its rule, weights and both rules'
+epoch, which that choice makes if anything optimistic, the fused one's out-of-fold AUC), or,
+exported with ``--default-from-cv CV``, the best mean AUC across the folds of that ``limbscan cv``
+(``default_cv`` records its folder, k and each scenario's mean and sd); ``default_reason``
+says which with the numbers; a bundle exported before has no reason. With the fused scenario, ``fusion`` holds its rule, weights and both rules'
 cross-validated AUCs.
 """
 
@@ -85,6 +87,41 @@ def default_from_validation(val: dict[str, Any], scenarios: list[str]) -> tuple[
     two_classes = len(set(labels)) == 2
     aucs = {name: float(roc_auc_score(labels, val["scores"][name])) if two_classes else None for name in scenarios}
     return choose_default(aucs)
+
+
+def default_from_cv(cv_dir: str | Path, val: dict[str, Any], scenarios: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """(scenario, why, record): the best mean AUC across the folds of a finished ``limbscan cv``
+    folder (its ``cv.json``) that scored every scenario of the run on the run's own dataset
+    (train + val pooled; the test split is never in it). ``record`` goes into the manifest."""
+    from limbscan.rundir import CvDir
+
+    folder = CvDir(cv_dir)
+    if not folder.summary.is_file():
+        raise LimbscanError(f"{folder.summary}: not found; `limbscan cv` writes it once every fold is finished")
+    try:
+        summary = json.loads(folder.summary.read_text())
+        found = {name: s["auc_mean"] for name, s in summary["scenarios"].items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise BadInputError(folder.summary, f"not a cross-validation summary ({type(err).__name__})") from err
+    missing = [name for name in scenarios if name not in found]
+    if missing:
+        raise LimbscanError(
+            f"{cv_dir}: its cross-validation did not score {', '.join(missing)}; rerun `limbscan cv` into it with "
+            f"--scenario {','.join(scenarios)} (finished stages are kept)"
+        )
+    main = next((d for d in val.get("training_data") or [] if d.get("role") == "main"), None)
+    ran_on, trained_on = summary.get("dataset_sha256"), (main or {}).get("dataset_sha256")
+    if ran_on and trained_on and ran_on != trained_on:
+        raise LimbscanError(
+            f"{cv_dir}: cross-validated on another dataset.json (sha256 {ran_on[:12]}…) than the run trained on "
+            f"({trained_on[:12]}…); the default must be chosen on the run's own data"
+        )
+    k = summary.get("k")
+    name, why = choose_default({n: found[n] for n in scenarios}, cv=f"{k}-fold CV in {folder.root.name}")
+    record = {"path": str(folder.root.resolve()), "k": k, "dataset_sha256": ran_on,
+              "auc_mean": {n: found[n] for n in scenarios},
+              "auc_sd": {n: summary["scenarios"][n].get("auc_sd") for n in scenarios}}
+    return name, why, record
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -169,12 +206,15 @@ def export_bundle(
     onnx: bool = False,
     progress: bool = False,
     overwrite: bool = False,
+    default_from_cv_dir: str | Path | None = None,
 ) -> Path:
     """Write the bundle of a trained ``run`` into the folder ``out`` (conventionally NAME.limbscan).
 
     Operating points, on the run's validation scores: "likely" by Youden's J, or the most
     specific point reaching ``target_sensitivity``; "suspected", the most specific point
     reaching ``suspected_sensitivity`` (see :func:`limbscan.operating_points.choose_operating_points`).
+    The default scenario: the best held-out AUC on validation, or with ``default_from_cv_dir``
+    the best mean AUC across the folds of that ``limbscan cv`` folder (:func:`default_from_cv`).
     The folder is built beside ``out`` and moved into place whole, so
     ``out`` is never half-written; an existing ``out`` is replaced only with ``overwrite``.
     """
@@ -202,7 +242,11 @@ def export_bundle(
                 raise LimbscanError(f"{run}: the {name} needs its {need}, and {folder.best(need)} is missing")
     val = _val_scores(run, scenarios)
     points = _operating_points(val, scenarios, target_sensitivity, suspected_sensitivity)
-    default, reason = default_from_validation(val, scenarios)
+    default_cv = None
+    if default_from_cv_dir is not None:
+        default, reason, default_cv = default_from_cv(default_from_cv_dir, val, scenarios)
+    else:
+        default, reason = default_from_validation(val, scenarios)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -219,6 +263,7 @@ def export_bundle(
             "scenarios": scenarios,
             "default_scenario": default,
             "default_reason": reason,
+            **({"default_cv": default_cv} if default_cv else {}),
             "thresholds": {name: points[name][LIKELY]["threshold"] for name in scenarios},
             "threshold_rule": rule_name(target_sensitivity),
             "target_sensitivity": target_sensitivity,

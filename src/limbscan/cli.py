@@ -434,6 +434,7 @@ def benchmark_cmd(
     overrides: Overrides = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the 95 % CIs.")] = 2000,
     aux: AuxOpt = None,
+    default_from_cv: DefaultCvOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Train whole-image, detector and cascade on one split, evaluate on test, compare in one report."""
@@ -441,7 +442,7 @@ def benchmark_cmd(
     from limbscan.eval.pipeline import run_pipeline
 
     cfg = add_auxiliary(load_config(config, list(overrides or [])), aux)
-    metrics = run_pipeline(dataset, cfg, out, n_boot=n_boot, progress=not quiet)
+    metrics = run_pipeline(dataset, cfg, out, n_boot=n_boot, progress=not quiet, default_from_cv=default_from_cv)
     for t in metrics["timing"]:
         console.print(f"{t['stage']}: {t['seconds'] / 60:.1f} min, peak RSS {t['peak_rss_mb']:.0f} MB", highlight=False)
     _print_evaluation(metrics, out / "report")
@@ -679,6 +680,12 @@ def listen_cmd(
 
 
 # -- export --------------------------------------------------------------------------
+DefaultCvOpt = Annotated[Optional[Path], typer.Option(
+    "--default-from-cv", help="Choose the bundle's default scenario by the best mean AUC across the folds of this "
+                              "finished `limbscan cv` folder (same dataset; every scenario cross-validated) instead of "
+                              "by validation AUC.")]
+
+
 @app.command("export")
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="A trained run folder (from `limbscan train`).")],
@@ -692,6 +699,7 @@ def export_cmd(
         float, typer.Option(help="High-sensitivity ('suspected') point: reach this sensitivity on validation.")
     ] = SUSPECTED_SENSITIVITY,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUT.")] = False,
+    default_from_cv: DefaultCvOpt = None,
     quiet: Quiet = False,
 ) -> None:
     """Package a trained run as a bundle: weights, config, validation thresholds, checksums."""
@@ -700,7 +708,7 @@ def export_cmd(
     from limbscan.bundle import export_bundle, read_manifest
 
     path = export_bundle(run, out, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
-                         onnx=onnx, progress=not quiet, overwrite=overwrite)
+                         onnx=onnx, progress=not quiet, overwrite=overwrite, default_from_cv_dir=default_from_cv)
     manifest = read_manifest(path, verify=False)
     table = Table(title=f"{path} (thresholds on validation: likely by {manifest['threshold_rule']}, suspected by "
                         f"sensitivity>={manifest['suspected_sensitivity']:g})")

@@ -38,8 +38,12 @@ def _peak_rss_mb() -> float:
 
 
 def run_pipeline(
-    dataset: str | Path, cfg: Config, out: str | Path, n_boot: int = 2000, progress: bool = True
+    dataset: str | Path, cfg: Config, out: str | Path, n_boot: int = 2000, progress: bool = True,
+    default_from_cv: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Train every scenario into ``out/run`` (resuming), export ``out/model.limbscan`` (its
+    default scenario chosen on validation, or by the ``limbscan cv`` folder ``default_from_cv``),
+    evaluate it once on the test split into ``out/report``; the metrics with each step's time."""
     from limbscan.bundle import export_bundle
     from limbscan.train.runner import train
 
@@ -56,7 +60,7 @@ def run_pipeline(
         train(dataset, stage_cfg, run.root, resume=True, progress=progress)
         timing.append({"stage": f"train {name}", "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()})
     t0 = time.perf_counter()
-    bundle = export_bundle(run.root, out / BUNDLE_NAME, overwrite=True)
+    bundle = export_bundle(run.root, out / BUNDLE_NAME, overwrite=True, default_from_cv_dir=default_from_cv)
     timing.append({"stage": "export bundle", "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()})
     t0 = time.perf_counter()
     result = measure(bundle, dataset, "test", n_boot=n_boot, progress=progress)

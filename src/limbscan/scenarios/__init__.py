@@ -148,22 +148,27 @@ def default_scenario(available: list[str]) -> str:
     raise LimbscanError("no scenario to choose a default from")
 
 
-def choose_default(aucs: dict[str, float | None]) -> tuple[str, str]:
-    """(scenario, why): the scenario with the best held-out AUC on the validation split,
-    from ``aucs`` (scenario -> AUC; None where undefined). For a scenario fitted on validation
-    (fused) its AUC must be its out-of-fold one; for the others their validation AUC is (nothing
-    was fitted on validation but the epoch choice). A tie, or no AUC at all, goes to
-    :func:`default_scenario` among the tied: a fitted scenario must beat the others outright."""
+def choose_default(aucs: dict[str, float | None], cv: str | None = None) -> tuple[str, str]:
+    """(scenario, why): the scenario with the best held-out AUC, from ``aucs`` (scenario -> AUC;
+    None where undefined). Without ``cv`` they are validation-split AUCs: for a scenario fitted on
+    validation (fused) its out-of-fold one, for the others their best epoch's (nothing was fitted
+    on validation but the epoch choice). With ``cv`` (a description such as "3-fold CV in
+    runs/cv") they are each scenario's mean AUC across the folds of ``limbscan cv``. A tie, or no
+    AUC at all, goes to :func:`default_scenario` among the tied: a fitted scenario must beat the
+    others outright."""
     available = [name for name in _REGISTRY if name in aucs]
     defined = {name: float(aucs[name]) for name in available if aucs[name] is not None}  # type: ignore[arg-type]
     if not defined:
         name = default_scenario(available)
-        return name, f"{name}: no validation AUC to compare (one class in the validation split), the fallback default"
+        where = f"the folds of {cv}" if cv else "the validation split"
+        return name, f"{name}: no AUC to compare (one class in {where}), the fallback default"
     best = max(defined.values())
     name = default_scenario([n for n, v in defined.items() if v == best])
     others = ", ".join(f"{n} {_auc(aucs[n])}" for n in available if n != name)
     tie = [n for n, v in defined.items() if v == best and n != name]
-    why = f"{name}: best validation AUC (fused: out-of-fold; the others: their best epoch's), {defined[name]:.3f}"
+    basis = (f"best cross-validated AUC (mean across the folds of {cv})" if cv else
+             "best validation AUC (fused: out-of-fold; the others: their best epoch's)")
+    why = f"{name}: {basis}, {defined[name]:.3f}"
     why += f" vs {others}" if others else ""
     if tie:
         why += f" (tied with {', '.join(tie)}: a tie goes to the later scenario not fitted on validation)"
