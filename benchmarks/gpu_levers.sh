@@ -71,15 +71,14 @@ wait 2>/dev/null
 say "jobs ended (name, exit status, seconds):"; cat "$OUT/logs/jobs.tsv" 2>/dev/null
 
 # Summaries of the CVs whose folds all finished (folds=[]: nothing trains).
-python - "$DS" "$CFG" "$OUT" "$AUX" <<'PY'
+HOSP="${HOSP[*]}" python - "$DS" "$CFG" "$OUT" "$AUX" <<'PY'
 import os, sys
 from limbscan.config import add_auxiliary, load_config
 from limbscan.train.cv import cross_validate
 ds, cfg, out, aux = sys.argv[1:]
+hosp, extra_over = os.environ["HOSP"].split(), os.environ.get("OVERRIDES", "").split()
 for name, extra, scen in (("cv-base", None, "all"), ("cv-aux", [aux], "all"), ("cv-hosp", None, "whole-image")):
-    over = ["stages.whole-image.data.augment.p_source=0.5", "stages.whole-image.data.augment.p_invert=0.1"]
-    extra_over = os.environ.get("OVERRIDES", "").split()
-    c = add_auxiliary(load_config(cfg, (over if name == "cv-hosp" else []) + extra_over), extra)
+    c = add_auxiliary(load_config(cfg, (hosp if name == "cv-hosp" else []) + extra_over), extra)
     try:
         s = cross_validate(ds, c, f"{out}/{name}", k=3, scenarios=scen, folds=[], progress=False, n_boot=1000)
     except Exception as err:  # noqa: BLE001 - a summary that fails must not lose the others

@@ -117,9 +117,9 @@ def default_from_cv(cv_dir: str | Path, val: dict[str, Any], scenarios: list[str
             f"({trained_on[:12]}…); the default must be chosen on the run's own data"
         )
     k = summary.get("k")
-    name, why = choose_default({n: found[n] for n in scenarios}, cv=f"{k}-fold CV in {folder.root.name}")
-    record = {"path": str(folder.root.resolve()), "k": k, "dataset_sha256": ran_on,
-              "auc_mean": {n: found[n] for n in scenarios},
+    means = {n: found[n] for n in scenarios}
+    name, why = choose_default(means, cv=f"{k}-fold CV in {folder.root.name}")
+    record = {"path": str(folder.root.resolve()), "k": k, "dataset_sha256": ran_on, "auc_mean": means,
               "auc_sd": {n: summary["scenarios"][n].get("auc_sd") for n in scenarios}}
     return name, why, record
 
