@@ -155,7 +155,7 @@ class TrainConfig:
     optimizer: Optimizer = "sgd"  # sgd (momentum) | adamw
     balance: Balance = "sampler"  # sampler | loss | none (class imbalance)
     amp: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # CUDA: the whole model and batches (the CNN backbones always are)
     seed: int = 0
     workers: int = 2  # DataLoader processes
     grad_clip: float = 10.0  # total L2 norm over all parameters; 0 turns clipping off

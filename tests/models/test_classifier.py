@@ -19,6 +19,22 @@ def test_forward_gives_one_logit_per_image():
     assert logits.dtype == torch.float32
 
 
+def test_runs_channels_last_and_a_loaded_checkpoint_gives_the_contiguous_models_logits():
+    model = Classifier(TINY, pretrained=False).eval()
+    convs = [p for p in model.backbone.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = torch.rand(2, 1, 64, 80)
+    reference = Classifier(TINY, pretrained=False).eval()
+    reference.backbone.to(memory_format=torch.contiguous_format)
+    reference.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        expected = reference.head(reference.backbone((x - 0.5) / 0.25)).squeeze(1)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    loaded = Classifier(TINY, pretrained=False).eval()
+    loaded.load_state_dict(reference.state_dict())  # a contiguous checkpoint, as older runs wrote
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in loaded.backbone.parameters() if p.ndim == 4)
+
+
 def test_rejects_colour_input_with_a_clear_message():
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         Classifier(TINY, pretrained=False)(torch.rand(2, 3, 64, 64))

@@ -126,6 +126,20 @@ def test_structure_follows_the_config():
     assert all(p.requires_grad for p in model.backbone.fpn.parameters())
 
 
+def test_backbone_runs_channels_last_and_hands_contiguous_maps_to_the_heads():
+    model = build_detector(_cfg(TINY), pixel_mean=0.3, pixel_std=0.2).eval()
+    convs = [p for p in model.backbone.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = torch.rand(1, 1, 192, 256)
+    with torch.no_grad():
+        maps = model.backbone(x)
+        model.backbone.to(memory_format=torch.contiguous_format)
+        plain = model.backbone.fpn(dict((str(i), f) for i, f in enumerate(model.backbone.body(x))))
+    assert all(m.is_contiguous() for m in maps.values())
+    for name, m in maps.items():
+        torch.testing.assert_close(m, plain[name], rtol=1e-4, atol=1e-4)
+
+
 def test_random_init_trains_every_layer_with_live_batch_norms():
     model = build_detector(_cfg(TINY, trainable_layers=1), pixel_mean=0.3, pixel_std=0.2)
     assert all(p.requires_grad for p in model.backbone.body.parameters())
