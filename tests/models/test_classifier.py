@@ -7,6 +7,7 @@ import torch
 
 from limbscan.config import ClassifierConfig
 from limbscan.errors import LimbscanError
+from limbscan.models.backbones import set_memory_format
 from limbscan.models.classifier import Classifier, build_classifier
 
 TINY = "mobilenetv3_small_050"
@@ -24,11 +25,12 @@ def test_runs_channels_last_and_a_loaded_checkpoint_gives_the_contiguous_models_
     convs = [p for p in model.backbone.parameters() if p.ndim == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     x = torch.rand(2, 1, 64, 80)
-    reference = Classifier(TINY, pretrained=False).eval()
-    reference.backbone.to(memory_format=torch.contiguous_format)
-    reference.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    reference = set_memory_format(Classifier(TINY, pretrained=False).eval(), torch.contiguous_format)
+    reference.load_state_dict(model.state_dict())
+    assert all(p.is_contiguous() for p in reference.parameters())
     with torch.no_grad():
         expected = reference.head(reference.backbone((x - 0.5) / 0.25)).squeeze(1)
+        torch.testing.assert_close(reference(x), expected)
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
     loaded = Classifier(TINY, pretrained=False).eval()
     loaded.load_state_dict(reference.state_dict())  # a contiguous checkpoint, as older runs wrote

@@ -10,7 +10,7 @@ from torch import nn
 
 from limbscan.config import DetectorConfig
 from limbscan.data.synth import make_phantom
-from limbscan.models.backbones import get_spec
+from limbscan.models.backbones import get_spec, set_memory_format
 from limbscan.models.detector import (
     ABNORMAL,
     NORMAL,
@@ -133,8 +133,8 @@ def test_backbone_runs_channels_last_and_hands_contiguous_maps_to_the_heads():
     x = torch.rand(1, 1, 192, 256)
     with torch.no_grad():
         maps = model.backbone(x)
-        model.backbone.to(memory_format=torch.contiguous_format)
-        plain = model.backbone.fpn(dict((str(i), f) for i, f in enumerate(model.backbone.body(x))))
+        plain = set_memory_format(model, torch.contiguous_format).backbone(x)
+    assert all(p.is_contiguous() for p in model.parameters())
     assert all(m.is_contiguous() for m in maps.values())
     for name, m in maps.items():
         torch.testing.assert_close(m, plain[name], rtol=1e-4, atol=1e-4)

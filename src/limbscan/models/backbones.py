@@ -171,6 +171,16 @@ def create_backbone(
     return model
 
 
+def set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """Run every limbscan CNN inside ``model`` (a classifier, a detector's backbone and pyramid)
+    in ``memory_format``, weights and inputs; channels-last is their default."""
+    for module in model.modules():
+        if "memory_format" in type(module).__dict__:
+            module.memory_format = memory_format
+            module.to(memory_format=memory_format)
+    return model
+
+
 def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     """The 3-channel ImageNet weights, keyed as the full (non-features) registry model names them."""
     spec = get_spec(name)

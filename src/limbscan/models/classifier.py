@@ -18,6 +18,11 @@ from limbscan.models.backbones import create_backbone, get_spec
 class Classifier(nn.Module):
     """backbone -> pooled features -> dropout -> Linear(1); ``forward`` returns logits ``[B]``."""
 
+    # Channels-last on every device: oneDNN's fast path on a CPU (README, "Models and training";
+    # benchmarks/train_speed.py measures it against contiguous), tensor cores' on CUDA.
+    # :func:`~limbscan.models.backbones.set_memory_format` changes it.
+    memory_format = torch.channels_last
+
     def __init__(
         self,
         backbone: str,
@@ -30,10 +35,7 @@ class Classifier(nn.Module):
         if not pixel_std > 0:
             raise LimbscanError(f"classifier: pixel_std must be > 0, got {pixel_std}")
         self.backbone_name = backbone
-        # Channels-last on every device: oneDNN's fast path on a CPU (EfficientNet-Lite0 at
-        # 320 px, 2 cores: a training step 1.6x, one image's inference 1.3x faster than
-        # contiguous; README, "Models and training"), tensor cores' on CUDA.
-        self.backbone = create_backbone(backbone, pretrained, features_only=False).to(memory_format=torch.channels_last)
+        self.backbone = create_backbone(backbone, pretrained, features_only=False).to(memory_format=self.memory_format)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(get_spec(backbone).num_features, 1)
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
@@ -42,7 +44,7 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"classifier takes [B, 1, H, W] grey images, got shape {tuple(x.shape)}")
-        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
+        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=self.memory_format)
         return self.head(self.dropout(self.backbone(x))).squeeze(1)
 
     def param_groups(self, lr_backbone: float, lr_heads: float, weight_decay: float) -> list[dict]:

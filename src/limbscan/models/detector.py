@@ -52,7 +52,14 @@ ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 class FeaturePyramid(nn.Module):
-    """A backbone's list of maps -> FPN maps ``{"0", "1", ..., "pool"}``, what torchvision's heads read."""
+    """A backbone's list of maps -> FPN maps ``{"0", "1", ..., "pool"}``, what torchvision's heads read.
+
+    Backbone and pyramid run channels-last (oneDNN's fast path on a CPU; benchmarks/train_speed.py
+    measures it; :func:`~limbscan.models.backbones.set_memory_format` changes it); the maps
+    leave contiguous, as the RoI heads' roi_align reads them.
+    """
+
+    memory_format = torch.channels_last
 
     def __init__(self, body: nn.Module, in_channels: tuple[int, ...], out_channels: int):
         super().__init__()
@@ -66,14 +73,11 @@ class FeaturePyramid(nn.Module):
             list(in_channels), out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm
         )
         self.out_channels = out_channels  # torchvision's detectors read this attribute
-        # Backbone and pyramid run channels-last, oneDNN's fast path on a CPU (a training step
-        # 1.2x, one image's detection 1.5x faster on 2 cores); the maps leave contiguous, as
-        # the RoI heads' roi_align reads them.
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         maps = self.fpn(OrderedDict(
-            (str(i), f) for i, f in enumerate(self.body(x.contiguous(memory_format=torch.channels_last)))
+            (str(i), f) for i, f in enumerate(self.body(x.contiguous(memory_format=self.memory_format)))
         ))
         return OrderedDict((name, m.contiguous()) for name, m in maps.items())
 
