@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.limbscan-installed
 DEMO   ?= demo
 FRACATLAS ?= ../shared/data/fracatlas-lowerlimb
 
-.PHONY: install demo test lint bench bench-ingest bench-inference clean
+.PHONY: install demo test lint bench bench-ingest bench-inference bench-train clean
 
 # torch and torchvision first, pinned: pip takes these builds from the machine's disk.
 $(STAMP): pyproject.toml
@@ -51,6 +51,12 @@ bench-inference: install
 	test -f $(BENCH)/out/model.limbscan/bundle.json || (echo "no bundle at $(BENCH)/out/model.limbscan: run make bench first" && exit 1)
 	$(BIN)/python benchmarks/inference.py --bundle $(BENCH)/out/model.limbscan --fracatlas $(FRACATLAS) \
 		--out benchmarks/results/inference.json
+
+# Training images/s of each network, channels-last against contiguous, beside torchvision's
+# maskrcnn_resnet50_fpn in the same run; needs the dataset `make bench` imports.
+bench-train: install
+	test -f $(BENCH)/fracatlas/dataset.json || (echo "no dataset at $(BENCH)/fracatlas: run make bench first" && exit 1)
+	$(BIN)/python benchmarks/train_speed.py $(BENCH)/fracatlas --out benchmarks/results/train_speed.json
 
 clean:
 	rm -rf $(DEMO) $(BENCH) .pytest_cache
