@@ -469,8 +469,15 @@ def machine_info(threads: int) -> dict:
     }
 
 
-def _loadavg() -> list[float]:
+def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def write_report(out: Path, report: dict) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return report
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -668,7 +675,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "benchmark": "inference",
         "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])]),
         "machine": machine_info(args.threads),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
         "bundle": args.bundle.name,
         "runtime": args.runtime,
         # what changes CPU threading besides --threads (OMP_WAIT_POLICY: spinning threads on a
@@ -762,11 +769,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    report["loadavg_end"] = _loadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return report
+    report["loadavg_end"] = loadavg()
+    return write_report(args.out, report)
 
 
 if __name__ == "__main__":

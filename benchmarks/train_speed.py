@@ -18,8 +18,6 @@ images repeated to 3 channels. Ratios are to torchvision's detector, as in ``inf
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference import machine_info  # noqa: E402
+from inference import loadavg, machine_info, write_report  # noqa: E402
 
 from limbscan.config import load_config, stage_config  # noqa: E402
 from limbscan.data.dataset import Dataset  # noqa: E402
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     formats = list(FORMATS)
     start = time.time()
-    load = [round(x, 2) for x in os.getloadavg()]
+    load = loadavg()
     make, per = classifier_row(whole, [full[i][0] for i in range(len(full))], size, batch)
     rows += measure(f"whole-image classifier ({size} px)", make, per, formats, args.warmup, args.steps, args.repeats)
     make, per = classifier_row(cfg, [small[i][0] for i in range(len(small))], crop, batch)
@@ -179,15 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(args.threads),
         "loadavg_start": load,
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_end": loadavg(),
         "config": str(args.config),
         "seconds": round(time.time() - start, 1),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_report(args.out, result)
 
 
 if __name__ == "__main__":
