@@ -41,10 +41,10 @@ FORMATS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_
 TORCHVISION = "torchvision-maskrcnn_resnet50_fpn"
 
 
-def classifier_row(cfg: Any, images: list[torch.Tensor], size: int, batch: int) -> tuple[Callable, Callable]:
-    """(make(format) -> step, images per step) for a classifier at ``size`` px."""
-    x = torch.stack(images[:batch])
-    y = (torch.arange(batch) % 4 == 0).float()
+def classifier_row(cfg: Any, images: list[torch.Tensor]) -> Callable:
+    """make(format) -> one training step of ``cfg.classifier`` on ``images`` as one batch."""
+    x = torch.stack(images)
+    y = (torch.arange(len(images)) % 4 == 0).float()
 
     def make(memory_format: torch.memory_format) -> Callable[[], None]:
         torch.manual_seed(0)
@@ -59,7 +59,7 @@ def classifier_row(cfg: Any, images: list[torch.Tensor], size: int, batch: int) 
 
         return step
 
-    return make, batch
+    return make
 
 
 def detector_row(cfg: Any, batches: list[tuple[list, list]]) -> Callable:
@@ -143,13 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not train:
         raise SystemExit(f"{args.dataset}: no training images (run limbscan data split first)")
     side = int(cfg.data.cache.longest_side)
-    batch = int(cfg.train.batch_size)
-    n = batch
+    batch, per_det = int(cfg.train.batch_size), int(cfg.train.detector_batch_size)
     size, crop = int(whole.classifier.image_size), int(cfg.classifier.crop_size)
-    full = WholeImageDataset(ds, train[:n], side, size, resize=whole.classifier.image_resize)
-    small = WholeImageDataset(ds, train[:n], side, crop, resize="squash")
-    det = DetectionDataset(ds, train[: 2 * int(cfg.train.detector_batch_size) * 4], side)
-    per_det = int(cfg.train.detector_batch_size)
+    full = WholeImageDataset(ds, train[:batch], side, size, resize=whole.classifier.image_resize)
+    small = WholeImageDataset(ds, train[:batch], side, crop, resize="squash")
+    det = DetectionDataset(ds, train[: 8 * per_det], side)  # 8 batches, cycled
     batches = [detection_collate([det[i] for i in range(j, j + per_det)]) for j in range(0, len(det), per_det)]
     batches = [(list(b[0]), list(b[1])) for b in batches if len(b[0]) == per_det]
 
@@ -157,10 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     formats = list(FORMATS)
     start = time.time()
     load = loadavg()
-    make, per = classifier_row(whole, [full[i][0] for i in range(len(full))], size, batch)
-    rows += measure(f"whole-image classifier ({size} px)", make, per, formats, args.warmup, args.steps, args.repeats)
-    make, per = classifier_row(cfg, [small[i][0] for i in range(len(small))], crop, batch)
-    rows += measure(f"crop classifier ({crop} px)", make, per, formats, args.warmup, args.steps, args.repeats)
+    make = classifier_row(whole, [full[i][0] for i in range(len(full))])
+    rows += measure(f"whole-image classifier ({size} px)", make, len(full), formats, args.warmup, args.steps, args.repeats)
+    make = classifier_row(cfg, [small[i][0] for i in range(len(small))])
+    rows += measure(f"crop classifier ({crop} px)", make, len(small), formats, args.warmup, args.steps, args.repeats)
     rows += measure("detector", detector_row(cfg, batches), per_det, formats, args.warmup, args.steps, args.repeats)
     if not args.skip_torchvision:
         rows += measure(TORCHVISION, torchvision_row(batches), per_det, ["contiguous"], 1,

@@ -175,7 +175,7 @@ def set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> n
     """Run every limbscan CNN inside ``model`` (a classifier, a detector's backbone and pyramid)
     in ``memory_format``, weights and inputs; channels-last is their default."""
     for module in model.modules():
-        if "memory_format" in type(module).__dict__:
+        if isinstance(getattr(type(module), "memory_format", None), torch.memory_format):
             module.memory_format = memory_format
             module.to(memory_format=memory_format)
     return model
