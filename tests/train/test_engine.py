@@ -119,6 +119,21 @@ def test_resume_of_a_finished_stage_does_not_train_again(tmp_path):
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 2
 
 
+def test_resume_on_other_auxiliary_data_is_refused_and_on_the_same_goes_on(tmp_path, monkeypatch):
+    fit(_stage(epochs=2), tmp_path, _cfg(), progress=False)
+    other = _cfg()
+    other.data.auxiliary = (str(tmp_path / "upper"),)
+    with pytest.raises(LimbscanError, match=r"toy/last.pt: trained with auxiliary data none, this run asks for "
+                                            r".*upper \(share None\).*new folder"):
+        fit(_stage(epochs=2), tmp_path, other, resume=True, progress=False)
+
+    fit(_stage(epochs=1), tmp_path / "aux", other, progress=False)
+    monkeypatch.chdir(tmp_path)
+    same = _cfg()
+    same.data.auxiliary = ("upper",)  # the same folder, named from elsewhere
+    assert fit(_stage(epochs=2), tmp_path / "aux", same, resume=True, progress=False).epochs == 2
+
+
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     result = fit(_stage(epochs=2), tmp_path, _cfg(), resume=True, progress=False)
     assert result.epochs == 2 and load_checkpoint(result.last_path)["epoch"] == 2

@@ -225,6 +225,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
         ckpt = load_checkpoint(last_path, map_location=info.device)
         if ckpt.get("stage") != stage.name:
             raise LimbscanError(f"{last_path}: holds stage {ckpt.get('stage')!r}, not {stage.name!r}")
+        _check_same_training_data(ckpt, cfg, last_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -335,6 +336,25 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
         if writer is not None:
             writer.close()
     return FitResult(stage.name, folder, len(history), best_epoch, best_auc, history, step_losses)
+
+
+def _training_data(data: dict[str, Any]) -> tuple[list[str], Any]:
+    return sorted(str(Path(p).resolve()) for p in data.get("auxiliary") or ()), data.get("auxiliary_share")
+
+
+def _check_same_training_data(ckpt: dict[str, Any], cfg: Config, last_path: Path) -> None:
+    """A stage resumes only on the auxiliary data it started with: one that finished without
+    ``--aux DS`` and was resumed with it would be reused as it was, while the run and its bundle
+    named DS among its training data."""
+    before = _training_data((ckpt.get("config") or {}).get("data") or {})
+    now = _training_data(config_to_dict(cfg.data))
+    if before != now:
+        def shown(data: tuple[list[str], Any]) -> str:
+            return f"{', '.join(data[0]) or 'none'} (share {data[1]})" if data[0] else "none"
+
+        raise LimbscanError(f"{last_path}: trained with auxiliary data {shown(before)}, this run asks for {shown(now)}; "
+                            "a stage resumes only on the data it started with: train into a new folder "
+                            "(or resume with the run's own config)")
 
 
 def _fit_without_gradients(stage: Any, out: Path, cfg: Config, resume: bool, progress: bool) -> FitResult:
