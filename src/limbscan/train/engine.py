@@ -342,6 +342,10 @@ def _training_data(data: dict[str, Any]) -> tuple[list[str], Any]:
     return sorted(str(Path(p).resolve()) for p in data.get("auxiliary") or ()), data.get("auxiliary_share")
 
 
+def _shown(data: tuple[list[str], Any]) -> str:
+    return f"{', '.join(data[0])} (share {data[1]})" if data[0] else "none"
+
+
 def _check_same_training_data(ckpt: dict[str, Any], cfg: Config, last_path: Path) -> None:
     """A stage resumes only on the auxiliary data it started with: one that finished without
     ``--aux DS`` and was resumed with it would be reused as it was, while the run and its bundle
@@ -349,10 +353,7 @@ def _check_same_training_data(ckpt: dict[str, Any], cfg: Config, last_path: Path
     before = _training_data((ckpt.get("config") or {}).get("data") or {})
     now = _training_data(config_to_dict(cfg.data))
     if before != now:
-        def shown(data: tuple[list[str], Any]) -> str:
-            return f"{', '.join(data[0]) or 'none'} (share {data[1]})" if data[0] else "none"
-
-        raise LimbscanError(f"{last_path}: trained with auxiliary data {shown(before)}, this run asks for {shown(now)}; "
+        raise LimbscanError(f"{last_path}: trained with auxiliary data {_shown(before)}, this run asks for {_shown(now)}; "
                             "a stage resumes only on the data it started with: train into a new folder "
                             "(or resume with the run's own config)")
 
