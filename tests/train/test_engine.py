@@ -127,6 +127,10 @@ def test_resume_on_other_auxiliary_data_is_refused_and_on_the_same_goes_on(tmp_p
                                             r".*upper \(share None\).*new folder"):
         fit(_stage(epochs=2), tmp_path, other, resume=True, progress=False)
 
+    shared = _cfg()
+    shared.data.auxiliary_share = 0.3  # a share of no auxiliary data is no other data
+    assert fit(_stage(epochs=2), tmp_path, shared, resume=True, progress=False).epochs == 2
+
     fit(_stage(epochs=1), tmp_path / "aux", other, progress=False)
     monkeypatch.chdir(tmp_path)
     same = _cfg()

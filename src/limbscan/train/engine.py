@@ -339,7 +339,9 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
 
 
 def _training_data(data: dict[str, Any]) -> tuple[list[str], Any]:
-    return sorted(str(Path(p).resolve()) for p in data.get("auxiliary") or ()), data.get("auxiliary_share")
+    """(the auxiliary folders, resolved and sorted; their batch share, which means nothing without them)."""
+    folders = sorted(str(Path(p).resolve()) for p in data.get("auxiliary") or ())
+    return folders, data.get("auxiliary_share") if folders else None
 
 
 def _shown(data: tuple[list[str], Any]) -> str:
