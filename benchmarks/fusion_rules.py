@@ -17,31 +17,30 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from limbscan.scenarios.fused import INPUTS, MEASURED, FusionEstimator
-from limbscan.train.cv import read_oof_scores
+sys.path.insert(0, str(Path(__file__).parent))
+from inference import write_report  # noqa: E402
+
+from limbscan.scenarios.fused import INPUTS, MEASURED, FusionEstimator  # noqa: E402
+from limbscan.train.cv import read_oof_scores  # noqa: E402
 
 BASELINE = "whole-image"
 AS_TRAINED = "fused"
 
 
-def fold_aucs(rows: list[dict], scores: np.ndarray) -> list[float]:
-    folds, y = np.array([r["fold"] for r in rows]), np.array([r["label"] for r in rows])
-    return [float(roc_auc_score(y[folds == f], scores[folds == f])) for f in sorted(set(folds))]
+def fold_aucs(y: np.ndarray, folds: np.ndarray, scores: np.ndarray) -> list[float]:
+    return [float(roc_auc_score(y[folds == f], scores[folds == f])) for f in np.unique(folds)]
 
 
-def cross_fold_scores(rows: list[dict], inputs: tuple[str, ...], rule: str) -> np.ndarray:
-    """Each row's score from ``rule`` fitted on the rows of every other fold."""
-    x = np.array([[r[name] for name in inputs] for r in rows], dtype=np.float64)
-    y, folds = np.array([r["label"] for r in rows]), np.array([r["fold"] for r in rows])
-    out = np.empty(len(rows))
-    for f in sorted(set(folds)):
+def cross_fold_scores(x: np.ndarray, y: np.ndarray, folds: np.ndarray, rule: str) -> np.ndarray:
+    """Each row's score from ``rule`` fitted on the rows of every other fold (``x``: its base scores)."""
+    out = np.empty(len(y))
+    for f in np.unique(folds):
         held = folds == f
         out[held] = FusionEstimator(rule).fit(x[~held], y[~held]).decision_function(x[held])
     return out
@@ -59,20 +58,25 @@ def measure(cv_dir: Path) -> dict:
     if missing:
         raise SystemExit(f"{cv_dir / 'oof_scores.csv'}: no {', '.join(missing)} column: run `limbscan cv` with "
                          "--scenario all (or every one of the fused scenario's inputs)")
-    baseline = fold_aucs(rows, np.array([r[BASELINE] for r in rows]))
+    y, folds = np.array([r["label"] for r in rows]), np.array([r["fold"] for r in rows])
+
+    def column(name: str) -> np.ndarray:
+        return np.array([r[name] for r in rows], dtype=np.float64)
+
+    baseline = fold_aucs(y, folds, column(BASELINE))
     results = {BASELINE: summary(baseline, baseline)}
     if AS_TRAINED in rows[0]:
         results[f"{AS_TRAINED} (as cross-validated: fitted within each fold)"] = summary(
-            fold_aucs(rows, np.array([r[AS_TRAINED] for r in rows])), baseline)
+            fold_aucs(y, folds, column(AS_TRAINED)), baseline)
     others = [name for name in INPUTS if name != BASELINE]
     for n in range(1, len(others) + 1):
         for extra in itertools.combinations(others, n):
             inputs = (BASELINE, *extra)
+            x = np.column_stack([column(name) for name in inputs])
             for rule in MEASURED:
                 results[f"{rule}: {' + '.join(inputs)}"] = summary(
-                    fold_aucs(rows, cross_fold_scores(rows, inputs, rule)), baseline)
-    return {"cv": str(cv_dir), "k": len(baseline), "images": len(rows),
-            "abnormal": int(sum(r["label"] for r in rows)), "rules": results}
+                    fold_aucs(y, folds, cross_fold_scores(x, y, folds, rule)), baseline)
+    return {"cv": str(cv_dir), "k": len(baseline), "images": len(rows), "abnormal": int(y.sum()), "rules": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fusion_rules.json"))
     args = parser.parse_args(argv)
     report = measure(args.cv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
     for name, r in report["rules"].items():
         paired = r["paired_vs_whole_image"]
         print(f"{name:60s} {r['mean']:.3f} ± {r['sd']:.3f}  (folds {', '.join(f'{a:.3f}' for a in r['fold_auc'])}; "
               f"vs whole-image {paired['mean']:+.3f} ± {paired['sd']:.3f})")
-    print(f"written: {args.out}")
+    write_report(args.out, report)
     return 0
 
 
