@@ -4,23 +4,12 @@ lifts the fused rules above whole-image alone in every fold; one without does no
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import expit
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "fusion_rules.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_fusion_rules", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def _cv_folder(path: Path, columns: tuple[str, ...]) -> Path:
@@ -38,10 +27,10 @@ def _cv_folder(path: Path, columns: tuple[str, ...]) -> Path:
     return path
 
 
-def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path):
+def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path, benchmark_script):
     cv = _cv_folder(tmp_path / "cv", ("whole-image", "detector", "cascade", "fused"))
     out = tmp_path / "fusion.json"
-    assert _bench().main([str(cv), "--out", str(out)]) == 0
+    assert benchmark_script("fusion_rules").main([str(cv), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rules = report["rules"]
     assert report["k"] == 3 and report["images"] == 900
@@ -54,7 +43,7 @@ def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path):
         assert abs(rules[f"{rule}: whole-image + cascade"]["paired_vs_whole_image"]["mean"]) < 0.02, rule
 
 
-def test_a_folder_without_every_input_is_refused_by_name(tmp_path):
+def test_a_folder_without_every_input_is_refused_by_name(tmp_path, benchmark_script):
     cv = _cv_folder(tmp_path / "cv", ("whole-image",))
     with pytest.raises(SystemExit, match="no detector, cascade column"):
-        _bench().main([str(cv), "--out", str(tmp_path / "x.json")])
+        benchmark_script("fusion_rules").main([str(cv), "--out", str(tmp_path / "x.json")])

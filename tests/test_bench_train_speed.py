@@ -4,18 +4,14 @@ whatever machine runs it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "train_speed.py"
 
 
-def test_quick_run_times_each_network_in_both_formats(tiny_run, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_train_speed", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_quick_run_times_each_network_in_both_formats(tiny_run, tmp_path, benchmark_script):
+    bench = benchmark_script("train_speed")
     out = tmp_path / "train_speed.json"
     tiny = ["classifier.backbone=mobilenetv3_small_050", "classifier.pretrained=false",
             "detector.backbone=mobilenetv3_small_050", "detector.pretrained=false",

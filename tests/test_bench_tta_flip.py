@@ -3,7 +3,6 @@ that fold's recorded validation scores and AUCs; a folder whose scores disagree 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,16 +13,6 @@ from limbscan.config import Config
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
 from limbscan.train.cv import cross_validate
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "tta_flip.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_tta_flip", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +29,9 @@ def cv_folder(tmp_path_factory, tiny_config_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_beside_it(cv_folder, tmp_path):
+def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_beside_it(cv_folder, tmp_path, benchmark_script):
     out = tmp_path / "tta.json"
-    assert _bench().main([str(cv_folder), "--out", str(out)]) == 0
+    assert benchmark_script("tta_flip").main([str(cv_folder), "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["folders"]
     recorded = json.loads((cv_folder / "cv.json").read_text())["scenarios"]["whole-image"]["fold_auc"]
     assert row["trained_with_flip"] == [True, True, True]
@@ -53,7 +42,7 @@ def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_besi
 
 
 @pytest.mark.slow
-def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp_path):
+def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp_path, benchmark_script):
     copy = tmp_path / "cv"
     shutil.copytree(cv_folder, copy)
     path = copy / "fold-1" / "val_scores.json"
@@ -61,4 +50,4 @@ def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp
     val["scores"]["whole-image"] = [min(1.0, s + 0.01) for s in val["scores"]["whole-image"]]
     path.write_text(json.dumps(val))
     with pytest.raises(SystemExit, match=r"fold-1/val_scores.json: its whole-image scores differ"):
-        _bench().main([str(copy), "--out", str(tmp_path / "x.json")])
+        benchmark_script("tta_flip").main([str(copy), "--out", str(tmp_path / "x.json")])
