@@ -35,10 +35,9 @@ SETTINGS = {"image alone": False, "flip average": True}
 DECIMALS, AGREE = 6, 1e-4  # val_scores.json's rounding, and how far the same model may stray from it
 
 
-def score_fold(ds: Dataset, run: Path) -> dict:
-    """One fold: its validation labels and its model's scores under each setting."""
+def score_fold(ds: Dataset, by_id: dict[int, dict], run: Path) -> dict:
+    """One fold: its validation labels and its model's scores under each setting (``by_id``: ``ds``'s images by id)."""
     val = json.loads((run / "val_scores.json").read_text())
-    by_id = {int(im["id"]): im for im in ds.images}
     images = [by_id[int(i)] for i in val["image_ids"]]
     scenario = ModelStore(run).scenario(NAME)
     trained_with = scenario.tta_flip
@@ -64,7 +63,8 @@ def measure(cv_dir: Path) -> dict:
         raise SystemExit(f"{cv_dir}: no folds.json: not a `limbscan cv` folder")
     pinned = json.loads(folds_file.read_text())
     ds = Dataset.load(pinned["dataset"])
-    folds = [score_fold(ds, cv_dir / f"fold-{i}") for i in range(int(pinned["k"]))]
+    by_id = {int(im["id"]): im for im in ds.images}
+    folds = [score_fold(ds, by_id, cv_dir / f"fold-{i}") for i in range(int(pinned["k"]))]
     settings = {}
     for label in SETTINGS:
         aucs = [float(roc_auc_score(f["labels"], f["scores"][label])) for f in folds]
