@@ -14,7 +14,8 @@
 # summarised (cv.json), and OUT/results.tgz keeps every summary, metric and log (no checkpoints).
 # $LIMBSCAN: the command (default: limbscan; e.g. "python -m limbscan.cli" with PYTHONPATH=src).
 # $OVERRIDES: key=value config overrides added to every run (e.g. a quick dry run's step limits).
-# $JOBS: which of cv-base cv-aux cv-hosp long to run (default: all four). Measured on an H100
+# $JOBS: which of cv-base cv-aux cv-hosp long to run (default: all four); $NICE_JOBS: those of them
+# that run at the lowest CPU priority (nice 19), so they take what the others leave. Measured on an H100
 # with all four at once: a whole-image fold 40-50 s, a detector epoch 64-88 s on 629 images and
 # 226 s with the auxiliary images (CPU-bound), so cv-aux needs about 15 minutes.
 set -u
@@ -43,6 +44,7 @@ JOBS=" ${JOBS:-cv-base cv-aux cv-hosp long} "
 launch() {  # name, then the command
   local name=$1; shift
   [[ $JOBS == *" ${name%-[0-9]} "* ]] || return 0
+  [[ " ${NICE_JOBS:-} " == *" ${name%-[0-9]} "* ]] && set -- nice -n 19 "$@"
   ( s=$(date +%s); "$@" >"$OUT/logs/$name.log" 2>&1; rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - s ))" >>"$OUT/logs/jobs.tsv" ) &
   PIDS[$name]=$!
