@@ -219,6 +219,32 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 
+class _OnTheGpu:
+    """Stands in for a tensor that a CUDA run's resume loaded onto the GPU: numpy() refuses it, as torch does."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def numpy(self):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    def cpu(self):
+        return self.tensor
+
+
+def test_rng_state_restores_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
+    # A GPU run resumes with its checkpoint loaded onto the device (map_location): every tensor of
+    # the saved generator states is on the GPU then, the numpy keys too (it failed so once on an H200).
+    seed_everything(5)
+    state = rng_state()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(99)
+    state["numpy"]["keys"] = _OnTheGpu(state["numpy"]["keys"])
+    state["torch"] = _OnTheGpu(state["torch"])
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
 def test_to_device_moves_nested_batches():
     batch = ([torch.zeros(1, 2, 2)], {"boxes": torch.ones(1, 4), "name": "x"}, torch.zeros(2, 1, 3, 3))
     moved = to_device(batch, torch.device("cpu"), channels_last=True)

@@ -79,7 +79,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np_state = state["numpy"]
     np.random.set_state((
         np_state["kind"],
-        np_state["keys"].numpy().astype(np.uint32),
+        np_state["keys"].cpu().numpy().astype(np.uint32),
         np_state["pos"],
         np_state["has_gauss"],
         np_state["cached"],
