@@ -15,9 +15,12 @@
 # $LIMBSCAN: the command (default: limbscan; e.g. "python -m limbscan.cli" with PYTHONPATH=src).
 # $OVERRIDES: key=value config overrides added to every run (e.g. a quick dry run's step limits).
 # $JOBS: which of cv-base cv-aux cv-hosp long to run (default: all four); $NICE_JOBS: those of them
-# that run at the lowest CPU priority (nice 19), so they take what the others leave. Measured on an H100
-# with all four at once: a whole-image fold 40-50 s, a detector epoch 64-88 s on 629 images and
-# 226 s with the auxiliary images (CPU-bound), so cv-aux needs about 15 minutes.
+# that run at the lowest CPU priority (nice 19), so they take what the others leave.
+# Called again with the same OUT (on the same machine), it reuses the imported datasets and caches
+# and every cv fold resumes from its last checkpoint: a job cut by one call's deadline goes on.
+# Measured on an H100 with all four at once: a whole-image fold 40-50 s, a detector epoch 64-88 s
+# on 629 images and 226 s with the auxiliary images (CPU-bound); on an H200 with cv-aux and cv-base
+# (nice 19): 140-220 s and 59-97 s, cv-aux reaching its third detector epoch by 520 s.
 set -u
 LOWER=$1 UPPER=$2 OUT=$3 DEADLINE=${4:-3000}
 read -r -a LS <<<"${LIMBSCAN:-limbscan}"
@@ -28,14 +31,19 @@ mkdir -p "$OUT/logs"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 
-say "import and split"
-{ "${LS[@]}" data import fracatlas "$LOWER" -o "$OUT/fracatlas" -q &&
-  "${LS[@]}" data import fracatlas "$UPPER" -o "$OUT/fracatlas-upper" --exclude-parts leg,hip -q &&
-  "${LS[@]}" data split "$OUT/fracatlas" --seed 0; } >"$OUT/logs/import.log" 2>&1 || { tail -n 30 "$OUT/logs/import.log"; exit 1; }
-for d in fracatlas fracatlas-upper; do  # once, with every core, before the jobs share it
-  "${LS[@]}" data cache "$OUT/$d" -c $CFG --workers "$(nproc)" -q >>"$OUT/logs/import.log" 2>&1 || exit 1
-done
-say "caches built"
+if [ -f "$OUT/logs/datasets.done" ]; then
+  say "reusing the datasets and caches in $OUT (unfinished folds resume from their checkpoints)"
+else
+  say "import and split"
+  { "${LS[@]}" data import fracatlas "$LOWER" -o "$OUT/fracatlas" -q &&
+    "${LS[@]}" data import fracatlas "$UPPER" -o "$OUT/fracatlas-upper" --exclude-parts leg,hip -q &&
+    "${LS[@]}" data split "$OUT/fracatlas" --seed 0; } >"$OUT/logs/import.log" 2>&1 || { tail -n 30 "$OUT/logs/import.log"; exit 1; }
+  for d in fracatlas fracatlas-upper; do  # once, with every core, before the jobs share it
+    "${LS[@]}" data cache "$OUT/$d" -c $CFG --workers "$(nproc)" -q >>"$OUT/logs/import.log" 2>&1 || exit 1
+  done
+  touch "$OUT/logs/datasets.done"
+  say "caches built"
+fi
 
 DS=$OUT/fracatlas AUX=$OUT/fracatlas-upper
 HOSP=(stages.whole-image.data.augment.p_source=0.5 stages.whole-image.data.augment.p_invert=0.1)
@@ -45,7 +53,7 @@ launch() {  # name, then the command
   local name=$1; shift
   [[ $JOBS == *" ${name%-[0-9]} "* ]] || return 0
   [[ " ${NICE_JOBS:-} " == *" ${name%-[0-9]} "* ]] && set -- nice -n 19 "$@"
-  ( s=$(date +%s); "$@" >"$OUT/logs/$name.log" 2>&1; rc=$?
+  ( s=$(date +%s); "$@" >>"$OUT/logs/$name.log" 2>&1; rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - s ))" >>"$OUT/logs/jobs.tsv" ) &
   PIDS[$name]=$!
 }
