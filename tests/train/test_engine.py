@@ -232,7 +232,7 @@ class _OnTheGpu:
         return self.tensor
 
 
-def test_rng_state_restores_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
+def test_rng_state_restores_from_a_checkpoint_loaded_onto_the_gpu():
     # A GPU run resumes with its checkpoint loaded onto the device (map_location): every tensor of
     # the saved generator states is on the GPU then, the numpy keys too (it failed so once on an H200).
     seed_everything(5)
