@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 from inference import write_report  # noqa: E402
 
 from limbscan.eval.metrics import delong_test  # noqa: E402
+from limbscan.rundir import CvDir  # noqa: E402
 
 
 def folds_of(cv_dir: Path) -> dict[str, Any]:
-    path = cv_dir / "folds.json"
+    """The folder's ``folds.json``; a folder without one is refused by name."""
+    path = CvDir(cv_dir).folds
     if not path.is_file():
         raise SystemExit(f"{cv_dir}: no folds.json: not a `limbscan cv` folder")
     return json.loads(path.read_text())
@@ -39,12 +40,8 @@ def folds_of(cv_dir: Path) -> dict[str, Any]:
 
 def fold_scores(cv_dir: Path, k: int) -> dict[int, dict[str, Any]]:
     """The folds this folder finished: fold -> its ``val_scores.json``."""
-    done = {}
-    for i in range(k):
-        path = cv_dir / f"fold-{i}" / "val_scores.json"
-        if path.is_file():
-            done[i] = json.loads(path.read_text())
-    return done
+    paths = {i: CvDir(cv_dir).fold(i).val_scores for i in range(k)}
+    return {i: json.loads(p.read_text()) for i, p in paths.items() if p.is_file()}
 
 
 def compare(base_dir: Path, lever_dir: Path) -> dict[str, Any]:
@@ -62,11 +59,8 @@ def compare(base_dir: Path, lever_dir: Path) -> dict[str, Any]:
         labels = np.asarray(b["labels"], dtype=int)
         row = {"fold": i, "images": len(labels), "abnormal": int(labels.sum()), "scenarios": {}}
         for name in [n for n in b["scores"] if n in v["scores"]]:
-            s_base = np.asarray(b["scores"][name], dtype=np.float64)
-            s_lever = np.asarray(v["scores"][name], dtype=np.float64)
-            test = delong_test(labels, s_lever, s_base)
-            row["scenarios"][name] = {"base": float(roc_auc_score(labels, s_base)),
-                                      "lever": float(roc_auc_score(labels, s_lever)), "delong_p": test["p"]}
+            test = delong_test(labels, v["scores"][name], b["scores"][name])  # it computes both AUCs too
+            row["scenarios"][name] = {"base": test["auc_b"], "lever": test["auc_a"], "delong_p": test["p"]}
             scenarios.setdefault(name, []).append(row["scenarios"][name])
         per_fold.append(row)
     summary = {}

@@ -25,9 +25,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cv_pairs import folds_of  # noqa: E402
 from inference import write_report  # noqa: E402
 
 from limbscan.data.dataset import Dataset  # noqa: E402
+from limbscan.rundir import CvDir, RunDir  # noqa: E402
 from limbscan.scenarios.base import ImageInput, ModelStore, score_images  # noqa: E402
 
 NAME = "whole-image"
@@ -35,11 +37,11 @@ SETTINGS = {"image alone": False, "flip average": True}
 DECIMALS, AGREE = 6, 1e-4  # val_scores.json's rounding, and how far the same model may stray from it
 
 
-def score_fold(ds: Dataset, by_id: dict[int, dict], run: Path) -> dict:
+def score_fold(ds: Dataset, by_id: dict[int, dict], run: RunDir) -> dict:
     """One fold: its validation labels and its model's scores under each setting (``by_id``: ``ds``'s images by id)."""
-    val = json.loads((run / "val_scores.json").read_text())
+    val = json.loads(run.val_scores.read_text())
     images = [by_id[int(i)] for i in val["image_ids"]]
-    scenario = ModelStore(run).scenario(NAME)
+    scenario = ModelStore(run.root).scenario(NAME)
     trained_with = scenario.tta_flip
     scores = {}
     for label, flip in SETTINGS.items():
@@ -52,19 +54,16 @@ def score_fold(ds: Dataset, by_id: dict[int, dict], run: Path) -> dict:
     as_trained = scores["flip average" if trained_with else "image alone"]
     gap = float(np.abs(as_trained - recorded).max())
     if gap > AGREE:
-        raise SystemExit(f"{run / 'val_scores.json'}: its {NAME} scores differ from this model's by up to {gap:.2g} "
+        raise SystemExit(f"{run.val_scores}: its {NAME} scores differ from this model's by up to {gap:.2g} "
                          f"(tta_flip {trained_with}); the folder and this code disagree")
     return {"labels": np.asarray(val["labels"], dtype=int), "scores": scores, "trained_with_flip": trained_with}
 
 
 def measure(cv_dir: Path) -> dict:
-    folds_file = cv_dir / "folds.json"
-    if not folds_file.is_file():
-        raise SystemExit(f"{cv_dir}: no folds.json: not a `limbscan cv` folder")
-    pinned = json.loads(folds_file.read_text())
+    pinned = folds_of(cv_dir)
     ds = Dataset.load(pinned["dataset"])
     by_id = {int(im["id"]): im for im in ds.images}
-    folds = [score_fold(ds, by_id, cv_dir / f"fold-{i}") for i in range(int(pinned["k"]))]
+    folds = [score_fold(ds, by_id, CvDir(cv_dir).fold(i)) for i in range(int(pinned["k"]))]
     settings = {}
     for label in SETTINGS:
         aucs = [float(roc_auc_score(f["labels"], f["scores"][label])) for f in folds]
