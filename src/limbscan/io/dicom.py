@@ -33,7 +33,7 @@ from pydicom.uid import (
 )
 
 from limbscan.errors import BadInputError
-from limbscan.io.bodypart import normalize_body_part
+from limbscan.io.bodypart import body_region, normalize_body_part
 from limbscan.io.meta import ImageMeta
 
 # Where BodyPartExamined is missing or vague ("EXTREMITY"), these say what was imaged.
@@ -198,6 +198,7 @@ def dicom_meta(ds: Dataset) -> ImageMeta:
         bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
         photometric=str(ds.get("PhotometricInterpretation", "")) or None,
         modality=str(ds.get("Modality", "")) or None,
+        header_region=dicom_header_region(ds),
     )
 
 
@@ -220,6 +221,16 @@ def dicom_body_part(ds: Dataset) -> str | None:
         part = normalize_body_part(str(ds.get(keyword) or ""))
         if part is not None:
             return part
+    return None
+
+
+def dicom_header_region(ds: Dataset) -> tuple[str, str, str] | None:
+    """(keyword, body part, words) from the first of :data:`BODY_PART_SOURCES` that names a body
+    part, lower limb or not; the words are the table's own, never the field's other text."""
+    for keyword in BODY_PART_SOURCES:
+        found = body_region(str(ds.get(keyword) or ""))
+        if found is not None:
+            return keyword, *found
     return None
 
 

@@ -24,6 +24,9 @@ class ImageMeta:
     bits_stored: int | None = None
     photometric: str | None = None  # DICOM PhotometricInterpretation or PIL mode
     modality: str | None = None
+    # (DICOM keyword, body part, the words that named it) from the first header field that names a
+    # body part, lower limb or not (limbscan.io.bodypart.body_region): what the input gate reads.
+    header_region: tuple[str, str, str] | None = None
     # A JPEG that ended early but still decoded: the pixels are used and the caller is told.
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
