@@ -156,7 +156,8 @@ def measure_limbscan(spec: dict) -> dict:
     model = inference.load(spec["bundle"], runtime=spec.get("runtime", "torch"))
     load_s = time.perf_counter() - start
     paths = spec["paths"]
-    kwargs = {"scenario": spec["scenario"], "batch_size": spec["batch"], "masks": spec["masks"]}
+    kwargs = {"scenario": spec["scenario"], "batch_size": spec["batch"], "masks": spec["masks"],
+              "gate": spec.get("gate", True)}
     model.predict(paths[:1], **kwargs)
     rss_warm = _status_mb("VmRSS")
     probabilities = []
@@ -166,14 +167,32 @@ def measure_limbscan(spec: dict) -> dict:
             raise RuntimeError(f"{Path(path).name}: {result}")
         probabilities.append(result.probability)
     seconds = time.perf_counter() - start
+    if model.gate is None and kwargs["gate"]:
+        raise RuntimeError("the bundle has no input gate's pixel check: export it with the gate to time it")
     return {
         "images": len(paths),
         "seconds": seconds,
         "load_s": round(load_s, 2),
         "rss_after_warmup_mb": round(rss_warm, 1),
-        "probabilities": [round(float(p), 5) for p in probabilities],
+        "probabilities": [None if p is None else round(float(p), 5) for p in probabilities],
         **_memory(),
     }
+
+
+def measure_gate(spec: dict) -> dict:
+    """The input gate alone, as predict asks it: read each file, its header, then its pixels."""
+    _set_threads(spec["threads"])
+    from limbscan.gate.model import PixelGate, judge_files
+
+    start = time.perf_counter()
+    gate = PixelGate.load(Path(spec["bundle"]) / "gate.npz")
+    judge_files(gate, spec["paths"][:1])  # warm-up: the backbone loads on first use
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    verdicts = judge_files(gate, spec["paths"])
+    seconds = time.perf_counter() - start
+    return {"images": len(spec["paths"]), "seconds": seconds, "load_s": round(load_s, 2),
+            "in_scope": sum(bool(v and v.in_scope) for v in verdicts), **_memory()}
 
 
 def _torchvision_reader(fmt: str) -> Callable[[str], Any]:
@@ -416,7 +435,8 @@ def profile_limbscan(spec: dict) -> dict:
     }
 
 
-CHILDREN = {"limbscan": measure_limbscan, "torchvision": measure_torchvision, "profile": profile_limbscan}
+CHILDREN = {"limbscan": measure_limbscan, "torchvision": measure_torchvision, "profile": profile_limbscan,
+            "gate": measure_gate}
 
 
 def run_child(spec: dict, workdir: Path, timeout: float, extra_env: dict[str, str] | None = None) -> dict:
@@ -494,7 +514,7 @@ def add_ratios(rows: list[dict]) -> None:
         if r["scenario"] == TORCHVISION and r.get("batch") == 1 and r.get("images_per_s")
     }
     probs = {
-        (r["scenario"], r["format"], r["batch"], r.get("masks")): r["probabilities"]
+        (r["scenario"], r["format"], r["batch"], r.get("masks"), r.get("gate")): r["probabilities"]
         for r in rows
         if r.get("probabilities")
     }
@@ -502,16 +522,17 @@ def add_ratios(rows: list[dict]) -> None:
     def diff(a: list[float] | None, b: list[float] | None) -> float | None:
         if not a or not b or len(a) != len(b):
             return None
-        return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 5)
+        pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]  # gate: unscored
+        return round(max(abs(x - y) for x, y in pairs), 5) if pairs else None
 
     for r in rows:
         tv = peer.get(r["format"])
         r["ratio_vs_torchvision"] = round(r["images_per_s"] / tv, 2) if tv and r.get("images_per_s") else None
         mine = r.pop("probabilities", None)
-        key = (r["scenario"], r["format"], r["batch"], r.get("masks"))
+        key = (r["scenario"], r["format"], r["batch"], r.get("masks"), r.get("gate"))
         if r["format"] != "jpeg" and (d := diff(mine, probs.get((key[0], "jpeg", *key[2:])))) is not None:
             r["max_abs_diff_vs_jpeg"] = d
-        if r["batch"] != 1 and (d := diff(mine, probs.get((*key[:2], 1, key[3])))) is not None:
+        if r["batch"] != 1 and (d := diff(mine, probs.get((*key[:2], 1, *key[3:])))) is not None:
             r["max_abs_diff_vs_batch1"] = d
 
 
@@ -532,6 +553,7 @@ def print_rows(rows: list[dict]) -> None:
         "format",
         "batch",
         "masks",
+        "gate",
         "images",
         "seconds",
         "images/s",
@@ -542,13 +564,14 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         name = "torchvision" if r["scenario"] == TORCHVISION else r["scenario"]
         if "error" in r:
-            table.add_row(name, r["format"], str(r["batch"]), "", "", "", f"[red]{r['error'][:60]}", "", "")
+            table.add_row(name, r["format"], str(r["batch"]), "", "", "", "", f"[red]{r['error'][:60]}", "", "")
             continue
         table.add_row(
             name,
             r["format"],
             str(r["batch"]),
             "" if r.get("masks") is None else str(r["masks"]),
+            "" if r.get("gate") is None else str(r["gate"]),
             str(r["images"]),
             f"{r['seconds']:.2f}",
             f"{r['images_per_s']:.2f}",
@@ -744,8 +767,16 @@ def main(argv: list[str] | None = None) -> dict | None:
                                     "masks": with_masks,
                                     "runtime": args.runtime,
                                 },
-                                {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks},
+                                {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks,
+                                 "gate": True},
                             )
+                # The gate's cost: the default scenario without it, and the gate alone, in the same run.
+                default = default_scenario(scenarios)
+                measure({"kind": "limbscan", "bundle": str(args.bundle), "paths": inputs[fmt], "scenario": default,
+                         "batch": 1, "masks": True, "runtime": args.runtime, "gate": False},
+                        {"scenario": default, "format": fmt, "batch": 1, "masks": True, "gate": False})
+                measure({"kind": "gate", "bundle": str(args.bundle), "paths": inputs[fmt]},
+                        {"scenario": "input gate alone", "format": fmt, "batch": 1, "masks": None, "gate": True})
             add_ratios(rows)
             print_rows(rows)
 

@@ -96,10 +96,21 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
-    """``tiny_run`` exported as a bundle, once per test process. Read-only: copy it to change it."""
+    """``tiny_run`` exported as a bundle, once per test process. Read-only: copy it to change it.
+
+    Without the input gate's pixel check: the phantoms the tests score are drawings, which the
+    gate rightly keeps out of scope. DICOM headers still decide; ``gated_bundle`` has the gate."""
     from limbscan.bundle import export_bundle
 
-    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("tiny_bundle") / "m.limbscan")
+    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("tiny_bundle") / "m.limbscan", gate=None)
+
+
+@pytest.fixture(scope="session")
+def gated_bundle(tiny_run, tmp_path_factory) -> Path:
+    """``tiny_run`` exported with the input gate limbscan ships, as ``limbscan export`` does by default."""
+    from limbscan.bundle import export_bundle
+
+    return export_bundle(tiny_run[1], tmp_path_factory.mktemp("gated_bundle") / "m.limbscan")
 
 
 @pytest.fixture(scope="session")

@@ -134,8 +134,14 @@ def test_quick_run_on_a_tiny_bundle_writes_a_full_report(bench, tiny_run, tmp_pa
     assert report["n"] == 3 and report["machine"]["threads"] == 1 and report["machine"]["cpu_count"] >= 1
     rows = report["rows"]
     assert not [r for r in rows if "error" in r], rows
-    assert [(r["scenario"], r["format"], r["batch"]) for r in rows] == [("cascade", "jpeg", 2), ("cascade", "dicom", 2)]
+    # Each format: the scenario asked for with the input gate, the default without it, the gate alone.
+    assert [(r["scenario"], r["format"], r["batch"], r["gate"]) for r in rows] == [
+        ("cascade", "jpeg", 2, True), ("cascade", "jpeg", 1, False), ("input gate alone", "jpeg", 1, True),
+        ("cascade", "dicom", 2, True), ("cascade", "dicom", 1, False), ("input gate alone", "dicom", 1, True)]
     for row in rows:
         assert row["images"] == 3 and row["images_per_s"] > 0 and row["seconds"] > 0 and row["peak_rss_mb"] > 0
         assert row["ratio_vs_torchvision"] is None  # no peer in this run
-    assert rows[1]["max_abs_diff_vs_jpeg"] < 1e-4  # same pixels, same scores
+    # The fake FracAtlas holds drawings: the gate refuses them, by pixels in both formats (the
+    # secondary captures say Modality OT, which leaves the decision to the pixels).
+    assert rows[2]["in_scope"] == rows[5]["in_scope"] == 0
+    assert rows[4]["max_abs_diff_vs_jpeg"] < 1e-4  # same pixels, same scores (without the gate)

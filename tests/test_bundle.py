@@ -19,7 +19,7 @@ from limbscan.operating_points import choose_operating_points
 @pytest.fixture(scope="module")
 def bundle(tiny_run, tmp_path_factory):
     _, run = tiny_run
-    return export_bundle(run, tmp_path_factory.mktemp("bundle") / "tiny.limbscan")
+    return export_bundle(run, tmp_path_factory.mktemp("bundle") / "tiny.limbscan", gate=None)
 
 
 def _sha256(path) -> str:
@@ -57,6 +57,24 @@ def test_manifest_holds_thresholds_provenance_and_checksums(bundle, tiny_run):
     assert all(_sha256(bundle / rel) == digest for rel, digest in m["files"].items())
     # nothing left beside the bundle from the atomic write
     assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]
+
+
+def test_export_carries_the_shipped_input_gate_unless_told_otherwise(bundle, tiny_run, tmp_path):
+    from limbscan.gate.model import GATE_FILE, PixelGate, builtin_gate_path
+    from limbscan.inference import load
+
+    assert read_manifest(bundle)["gate"] is None and not (bundle / GATE_FILE).exists()  # exported with gate=None
+    gated = export_bundle(tiny_run[1], tmp_path / "gated.limbscan")
+    m = read_manifest(gated)
+    shipped = PixelGate.load(builtin_gate_path()).meta
+    assert m["gate"]["source"] == "builtin" and m["files"][GATE_FILE] == _sha256(builtin_gate_path())
+    assert m["gate"]["region_threshold"] == shipped["region_threshold"]
+    assert load(gated).gate is not None and load(bundle).gate is None
+    (tmp_path / "broken.npz").write_bytes(b"not a gate")
+    with pytest.raises(LimbscanError, match="not a limbscan input gate"):
+        export_bundle(tiny_run[1], tmp_path / "x.limbscan", gate=tmp_path / "broken.npz")
+    with pytest.raises(LimbscanError, match="no input gate there"):
+        export_bundle(tiny_run[1], tmp_path / "y.limbscan", gate=tmp_path / "missing.npz")
 
 
 def test_manifest_holds_both_operating_points_chosen_on_validation(bundle, tiny_run):
@@ -297,7 +315,7 @@ def test_onnx_export_agrees_with_torch(tiny_run, tmp_path, monkeypatch):
     from limbscan.inference import load
 
     root, run = tiny_run
-    out = export_bundle(run, tmp_path / "onnx.limbscan", onnx=True)
+    out = export_bundle(run, tmp_path / "onnx.limbscan", onnx=True, gate=None)
     m = read_manifest(out)
     assert {"whole-image", "cascade"} <= set(m["onnx"]) and set(m["onnx_notes"]) >= set(m["onnx"])
     if "detector" not in m["onnx"]:

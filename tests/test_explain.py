@@ -19,7 +19,7 @@ def model(tiny_run, tmp_path_factory):
     from limbscan.bundle import export_bundle
     from limbscan.inference import load
 
-    return load(export_bundle(tiny_run[1], tmp_path_factory.mktemp("explain") / "m.limbscan"))
+    return load(export_bundle(tiny_run[1], tmp_path_factory.mktemp("explain") / "m.limbscan", gate=None))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_gradcam_refuses_a_detector_only_bundle(tiny_run, tmp_path, image):
     shutil.copytree(tiny_run[1], run)
     for name in ("whole-image", "cascade", "fused"):
         shutil.rmtree(run / name)
-    model = load(export_bundle(run, tmp_path / "det.limbscan"))
+    model = load(export_bundle(run, tmp_path / "det.limbscan", gate=None))
     pred = model.predict([image])[0]
     with pytest.raises(LimbscanError, match="Grad-CAM needs a classifier.*has none"):
         gradcam(model, image, pred)

@@ -18,7 +18,7 @@ def bundle(tiny_run, tmp_path_factory):
     from limbscan.bundle import export_bundle
 
     _, run = tiny_run
-    return export_bundle(run, tmp_path_factory.mktemp("bundle") / "tiny.limbscan")
+    return export_bundle(run, tmp_path_factory.mktemp("bundle") / "tiny.limbscan", gate=None)
 
 
 @pytest.fixture(scope="module")

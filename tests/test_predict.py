@@ -111,7 +111,7 @@ def test_worklist_is_sorted_most_likely_abnormal_first(predicted):
     out, _ = predicted
     rows = _worklist(out / "worklist.csv")
     assert list(rows[0]) == ["rank", "file", "body_part", "probability", "label", "scenario", "n_detections",
-                             "overlay", "level"] == list(WORKLIST_COLUMNS)
+                             "overlay", "level", "study", "not_analysed_because"] == list(WORKLIST_COLUMNS)
     probabilities = [float(r["probability"]) for r in rows]
     assert probabilities == sorted(probabilities, reverse=True)
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
@@ -321,3 +321,53 @@ def test_a_folder_file_named_like_an_image_but_not_one_is_listed_not_skipped(mod
     summary = run_predict(model, [str(only_bad)], tmp_path / "out2", overlays=False, progress=False)
     assert (summary.n_scored, summary.n_errors) == (0, 1)
     assert "named like DICOM" in _jsonl(tmp_path / "out2" / "errors.jsonl")[0]["error"]
+
+
+def _record(index, probability, study=None, reason=None):
+    level = "out_of_scope" if probability is None else ("likely" if probability >= 0.5 else "normal")
+    return {"index": index, "file": f"f{index}.dcm", "probability": probability, "level": level,
+            "label": level if probability is None else ("abnormal" if probability >= 0.5 else "normal"),
+            "scenario": "whole-image", "study": study, "detections": [],
+            "scope": {"in_scope": probability is not None, "reason": reason or "in scope"}}
+
+
+def test_studies_rank_by_their_highest_in_scope_image_and_list_refused_ones_last():
+    from limbscan.predict import STUDY_COLUMNS, studies_csv, study_rows
+
+    records = [_record(0, 0.2, "A"), _record(1, 0.9, "A"), _record(2, None, "A", "BodyPartExamined names the chest"),
+               _record(3, 0.6, "B"), _record(4, None, "C", "Modality CT"), _record(5, 0.7)]
+    rows = study_rows(records)
+    assert [r["study"] for r in rows] == ["A", None, "B", "C"]  # 0.9, 0.7 (a study of its own), 0.6, none scored
+    first = rows[0]
+    assert first["probability"] == 0.9 and first["top_file"] == "f1.dcm" and first["level"] == "likely"
+    assert (first["n_images"], first["n_scored"], first["n_out_of_scope"]) == (3, 2, 1)
+    assert first["files"] == ["f1.dcm", "f0.dcm", "f2.dcm"]  # its images, most likely first, refused last
+    assert rows[-1]["probability"] is None and rows[-1]["level"] == "out_of_scope"
+    table = list(csv.DictReader(studies_csv(records).splitlines()))
+    assert list(table[0]) == list(STUDY_COLUMNS)
+    assert [t["rank"] for t in table] == ["1", "2", "3", ""]
+
+
+def test_the_worklist_ranks_scored_images_and_lists_refused_ones_unranked_with_the_reason():
+    from limbscan.predict import worklist_csv
+
+    records = [_record(0, None, reason="Modality CT: limbscan reads radiographs"), _record(1, 0.3), _record(2, 0.8)]
+    rows = list(csv.DictReader(worklist_csv(records).splitlines()))
+    assert [(r["rank"], r["file"], r["level"]) for r in rows] == [
+        ("1", "f2.dcm", "likely"), ("2", "f1.dcm", "normal"), ("", "f0.dcm", "out_of_scope")]
+    assert rows[2]["probability"] == "" and rows[2]["not_analysed_because"].startswith("Modality CT")
+
+
+def test_studies_by_folder_for_files_and_by_study_uid_for_dicom(model, inputs, tmp_path):
+    run_predict(model, [str(inputs / "scans")], tmp_path / "by-folder", progress=False, studies="folder")
+    records = _jsonl(tmp_path / "by-folder" / "predictions.jsonl")
+    for r in records:
+        if r["file"].endswith(".png"):
+            assert r["study"] == str(Path(r["file"]).parent)
+        else:  # DICOM: its StudyInstanceUID, whatever the folder
+            assert r["study"] and r["study"][0].isdigit()
+    summary = json.loads((tmp_path / "by-folder" / "summary.json").read_text())
+    assert summary["n_studies"] == len({r["study"] for r in records}) and summary["outputs"]["studies"] == "studies.csv"
+    run_predict(model, [str(inputs / "scans")], tmp_path / "by-file", progress=False)
+    pngs = [r for r in _jsonl(tmp_path / "by-file" / "predictions.jsonl") if r["file"].endswith(".png")]
+    assert pngs and all(r["study"] is None for r in pngs)  # each its own study

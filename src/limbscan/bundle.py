@@ -59,6 +59,7 @@ from limbscan.utils.files import sha256_file
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
+BUILTIN_GATE = "builtin"  # export's default gate: the one limbscan ships (limbscan/gate/gate.npz)
 MANIFEST = "bundle.json"
 ONNX_DIR = "onnx"
 CHECKPOINT = BEST  # a bundle keeps each scenario's best checkpoint, under the run's name for it
@@ -207,8 +208,13 @@ def export_bundle(
     progress: bool = False,
     overwrite: bool = False,
     default_from_cv_dir: str | Path | None = None,
+    gate: str | Path | None = BUILTIN_GATE,
 ) -> Path:
     """Write the bundle of a trained ``run`` into the folder ``out`` (conventionally NAME.limbscan).
+
+    ``gate``: the input gate's pixel check the bundle carries (``gate.npz``): the one limbscan
+    ships (``"builtin"``), a file from ``limbscan gate train``, or None for none (then only DICOM
+    headers keep images out of scope: for research on other images, or synthetic phantoms).
 
     Operating points, on the run's validation scores: "likely" by Youden's J, or the most
     specific point reaching ``target_sensitivity``; "suspected", the most specific point
@@ -256,6 +262,7 @@ def export_bundle(
             checkpoints[name] = _write_weights(folder.best(name), RunDir(tmp).best(name))
         _write_config(run, checkpoints, RunDir(tmp).config)
         shutil.copyfile(folder.val_scores, RunDir(tmp).val_scores)
+        gate_entry = _write_gate(gate, tmp)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "limbscan_version": _version(),
@@ -271,6 +278,7 @@ def export_bundle(
             "operating_points": points,
             **_data_provenance(val),
             "preprocessing": _preprocessing(checkpoints),
+            "gate": gate_entry,
         }
         if "fused" in checkpoints:
             from limbscan.scenarios.fused import manifest_entry
@@ -288,6 +296,23 @@ def export_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_gate(gate: str | Path | None, bundle: Path) -> dict[str, Any] | None:
+    """Copy the gate into the bundle, checked; what the manifest says of it (None: no gate)."""
+    if gate is None:
+        return None
+    from limbscan.gate.model import GATE_FILE, PixelGate, builtin_gate_path
+
+    source = builtin_gate_path() if str(gate) == BUILTIN_GATE else Path(gate)
+    if not source.is_file():
+        raise LimbscanError(f"{source}: no input gate there (make one with `limbscan gate train`, or export with "
+                            f"--gate none)")
+    meta = PixelGate.load(source).meta
+    shutil.copyfile(source, bundle / GATE_FILE)
+    return {"file": GATE_FILE, "source": BUILTIN_GATE if str(gate) == BUILTIN_GATE else source.name,
+            **{k: meta[k] for k in ("backbone", "region_threshold", "distance_threshold", "refuse_target",
+                                     "accept_distance_target", "held_out") if k in meta}}
 
 
 def _version() -> str:

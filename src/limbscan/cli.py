@@ -33,13 +33,19 @@ app = typer.Typer(
 data_app = typer.Typer(help="Build, split, inspect and cache datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Import a dataset into limbscan's schema (COCO JSON + image fields).", no_args_is_help=True)
 download_app = typer.Typer(help="Fetch public datasets (needs internet).", no_args_is_help=True)
+gate_app = typer.Typer(help="The input gate: which images limbscan reads (lower-limb radiographs) and which it "
+                            "leaves 'not analysed'.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(gate_app, name="gate")
 data_app.add_typer(import_app, name="import")
 data_app.add_typer(download_app, name="download")
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (DS).")]
 DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder (holds dataset.json).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+GateOpt = Annotated[bool, typer.Option(
+    "--gate/--no-gate", help="Ask the input gate first: images that are no lower-limb radiograph (another body part or "
+                             "modality, a photograph) are 'not analysed'. --no-gate scores everything (research use).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -521,6 +527,10 @@ def predict_cmd(
     dicom_out: Annotated[
         Optional[str], typer.Option("--dicom-out", help="For DICOM inputs: sc, sr or sc,sr (into OUT/dicom/).")
     ] = None,
+    gate: GateOpt = True,
+    studies: Annotated[str, typer.Option(
+        "--studies", help="How PNG / JPEG files form studies in studies.csv: file (each its own) or folder (one per "
+                          "folder, as MURA lays them out). DICOM files use their StudyInstanceUID.")] = "file",
     quiet: Quiet = False,
 ) -> None:
     """Score radiographs with a bundle and write a triage worklist, most likely abnormal first."""
@@ -528,22 +538,26 @@ def predict_cmd(
 
     from rich.table import Table
 
-    from limbscan.predict import ERRORS, OVERLAY_DIR, WORKLIST, run_predict
+    from limbscan.predict import ERRORS, OVERLAY_DIR, STUDIES, SUMMARY, WORKLIST, run_predict
 
     kinds = [k for k in (dicom_out or "").split(",") if k.strip()]
     summary = run_predict(bundle, paths, out, scenario=scenario, batch_size=batch_size, overlays=overlays,
-                          gradcam=gradcam, dicom_out=kinds, progress=not quiet)
+                          gradcam=gradcam, dicom_out=kinds, progress=not quiet, gate=gate, studies=studies)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table
         if summary.scenario_reason:
             console.print(f"scenario {summary.scenario_reason}", highlight=False, soft_wrap=True)
         suspected = "" if summary.suspected_threshold is None else f", suspected from {summary.suspected_threshold:.3f}"
         table = Table(title=f"{summary.scenario}, likely from {summary.threshold:.3f}{suspected}", show_header=False)
         table.add_row("images scored", str(summary.n_scored))
+        if gate:
+            table.add_row("not analysed (out of scope)", str(summary.n_out_of_scope) + (
+                f"  (reasons in {out / SUMMARY})" if summary.n_out_of_scope else ""))
         table.add_row("likely abnormal (balanced point)", str(summary.n_abnormal))
         if summary.suspected_threshold is not None:
             table.add_row("suspected (high-sensitivity point only)", str(summary.n_suspected))
         table.add_row("errors (skipped files)", f"{summary.n_errors}" + (f"  ({out / ERRORS})" if summary.n_errors else ""))
         table.add_row("worklist", str(out / WORKLIST))
+        table.add_row("studies", f"{summary.n_studies}  ({out / STUDIES})")
         if overlays:
             table.add_row("overlays", str(out / OVERLAY_DIR))
         table.add_row("time", f"{summary.seconds:.1f} s")
@@ -571,6 +585,7 @@ def serve_cmd(
     node: Annotated[Optional[Path], typer.Option(
         "--node", help="Also show the live worklist of the DICOM node writing into this folder (`limbscan listen -o`).")
     ] = None,
+    gate: GateOpt = True,
 ) -> None:
     """Serve BUNDLE: a REST API (/v1/predict, docs at /docs) and a worklist web page at /."""
     import ipaddress
@@ -591,7 +606,7 @@ def serve_cmd(
     # The service logs one line per request (id, route, status, time); uvicorn's access log would repeat it.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = create_app(bundle, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                         max_concurrency=concurrency, workdir=workdir, node=node)
+                         max_concurrency=concurrency, workdir=workdir, node=node, gate=gate)
     console.print(f"serving {bundle} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", highlight=False)
     uvicorn.run(service, host=host, port=port, access_log=False, log_level="info")
 
@@ -646,6 +661,7 @@ def listen_cmd(
     token: Annotated[Optional[str], typer.Option(
         envvar="LIMBSCAN_TOKEN", show_envvar=True, help="Bearer token for the web page's /v1 calls (--http-port).")
     ] = None,
+    gate: GateOpt = True,
 ) -> None:
     import signal
 
@@ -661,7 +677,7 @@ def listen_cmd(
         raise LimbscanError("--allow: name at least one calling AE title (the PACS' or the modality's)")
     config = NodeConfig(out=out, allowed=allowed, ae_title=aet, host=host, port=port, forward=destinations,
                         scenario=scenario, dicom_out=kinds, keep_received=keep_received,
-                        max_associations=max_associations, retry_max=retry_max, stow_token=stow_token)
+                        max_associations=max_associations, retry_max=retry_max, stow_token=stow_token, gate=gate)
     node = Node(bundle, config)
     # SIGTERM (a service manager's stop) ends like Ctrl+C: the object in hand finished, the rest left queued.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -673,7 +689,7 @@ def listen_cmd(
         return
     from limbscan.serve import background_server, create_app
 
-    web = create_app(node.model, token=token, node=out, decode_lock=node.decode_lock)
+    web = create_app(node.model, token=token, node=out, decode_lock=node.decode_lock, gate=gate)
     with background_server(web, host=http_host, port=http_port, log_level="warning") as base:
         console.print(f"web page with the live worklist: {base}/", highlight=False)
         node.serve_forever()
@@ -700,15 +716,20 @@ def export_cmd(
     ] = SUSPECTED_SENSITIVITY,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle at OUT.")] = False,
     default_from_cv: DefaultCvOpt = None,
+    gate: Annotated[str, typer.Option(
+        "--gate", help="The input gate the bundle carries: builtin (the one limbscan ships), a gate.npz from "
+                       "`limbscan gate train`, or none (only DICOM headers then keep images out of scope).")
+    ] = "builtin",
     quiet: Quiet = False,
 ) -> None:
-    """Package a trained run as a bundle: weights, config, validation thresholds, checksums."""
+    """Package a trained run as a bundle: weights, config, validation thresholds, input gate, checksums."""
     from rich.table import Table
 
     from limbscan.bundle import export_bundle, read_manifest
 
     path = export_bundle(run, out, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
-                         onnx=onnx, progress=not quiet, overwrite=overwrite, default_from_cv_dir=default_from_cv)
+                         onnx=onnx, progress=not quiet, overwrite=overwrite, default_from_cv_dir=default_from_cv,
+                         gate=None if gate == "none" else gate)
     manifest = read_manifest(path, verify=False)
     table = Table(title=f"{path} (thresholds on validation: likely by {manifest['threshold_rule']}, suspected by "
                         f"sensitivity>={manifest['suspected_sensitivity']:g})")
@@ -737,6 +758,43 @@ def export_cmd(
             err_console.print(f"[yellow]onnx[/]: {name}: {note}", highlight=False, soft_wrap=True)
     if manifest.get("data_hash") is None:
         err_console.print(f"[yellow]warning[/]: {manifest.get('data_hash_note')}", highlight=False, soft_wrap=True)
+
+
+# -- gate ----------------------------------------------------------------------------
+@gate_app.command("train")
+def gate_train_cmd(
+    dataset: Annotated[Path, typer.Argument(help="The lower-limb dataset (split): its train split is in scope.")],
+    other: Annotated[list[Path], typer.Option(
+        "--other", help="A dataset of radiographs of other body parts (e.g. FracAtlas hand / shoulder, split): its "
+                        "train and val splits are out of scope, its test split measured; repeatable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The gate file to write (gate.npz).")],
+    refuse: Annotated[float, typer.Option(
+        help="Share of the --other radiographs the body-region classifier must refuse, on out-of-fold scores.")
+    ] = 0.97,
+    accept_distance: Annotated[float, typer.Option(
+        help="Share of lower-limb radiographs the distance check must keep, on out-of-fold distances.")] = 0.995,
+    drawn: Annotated[int, typer.Option(help="Pictures that are no radiograph to draw as out-of-scope examples.")] = 240,
+    seed: Annotated[int, typer.Option(help="Seed of the drawn pictures and folds.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Fit the input gate's pixel check (frozen ImageNet features, a body-region classifier, a distance) and
+    measure it on held-out images; `limbscan export --gate GATE` puts it in a bundle."""
+    from rich.table import Table
+
+    from limbscan.gate.fit import fit_gate
+
+    gate = fit_gate(dataset, other, n_drawn=drawn, seed=seed, refuse=refuse, accept_distance=accept_distance,
+                    progress=not quiet)
+    gate.save(out)
+    meta = gate.meta
+    table = Table(title=f"{out}: in scope where the lower-limb score >= {meta['region_threshold']:.3f} and the "
+                        f"distance <= {meta['distance_threshold']:.3f}")
+    for column in ("images", "n", "kept in scope"):
+        table.add_column(column)
+    for name, rate in {**{f"{k} (out of fold)": v for k, v in meta["out_of_fold"].items()},
+                       **meta["held_out"]}.items():
+        table.add_row(name, str(rate["n"]), f"{rate['accepted']} ({rate['accepted_share']:.1%})")
+    console.print(table)
 
 
 def main() -> None:

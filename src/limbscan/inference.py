@@ -21,6 +21,9 @@ import torch
 from limbscan.bundle import read_manifest
 from limbscan.data.cache import as_cached
 from limbscan.errors import BadInputError, LimbscanError
+from limbscan.gate import GATE_OFF, OUT_OF_SCOPE, ScopeVerdict, header_verdict
+from limbscan.gate.model import GATE_FILE, PixelGate
+from limbscan.io.meta import ImageMeta
 from limbscan.operating_points import level_of, stored_thresholds
 from limbscan.scenarios import info
 from limbscan.scenarios.base import Batch, Finding, ImageInput, ModelStore, Scenario, load_scenarios
@@ -44,9 +47,9 @@ class Detection:
 class Prediction:
     file: str | None  # as given by the caller (None for arrays)
     scenario: str
-    probability: float  # P(abnormal) of the scenario
+    probability: float | None  # P(abnormal) of the scenario; None when the gate kept it out of scope
     threshold: float  # the bundle's balanced ("likely") operating point for that scenario
-    label: str  # "abnormal" if probability >= threshold else "normal"
+    label: str  # "abnormal" if probability >= threshold else "normal"; "out_of_scope" when not scored
     scores: dict[str, float]  # every scenario run for this image
     detections: list[Detection] = field(default_factory=list)  # best first
     width: int = 0
@@ -54,11 +57,20 @@ class Prediction:
     body_part: str | None = None
     # The high-sensitivity ("suspected") operating point; None for a bundle exported without one.
     suspected_threshold: float | None = None
+    # The input gate's verdict (limbscan.gate); None where nobody asked it (scored as given).
+    scope: ScopeVerdict | None = None
+
+    @property
+    def in_scope(self) -> bool:
+        return self.probability is not None
 
     @property
     def level(self) -> str:
         """"likely", "suspected" or "normal" (see :mod:`limbscan.operating_points`): derived from
-        the probability and the two thresholds, so it can never disagree with them."""
+        the probability and the two thresholds, so it can never disagree with them; "out_of_scope"
+        for an image the gate kept from scoring."""
+        if self.probability is None:
+            return OUT_OF_SCOPE
         return level_of(self.probability, self.threshold, self.suspected_threshold)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,7 +78,7 @@ class Prediction:
         return {
             "file": self.file,
             "scenario": self.scenario,
-            "probability": float(self.probability),
+            "probability": None if self.probability is None else float(self.probability),
             "threshold": float(self.threshold),
             "label": self.label,
             "level": self.level,
@@ -80,6 +92,7 @@ class Prediction:
             "width": int(self.width),
             "height": int(self.height),
             "body_part": self.body_part,
+            "scope": None if self.scope is None else self.scope.to_json(),
         }
 
 
@@ -105,7 +118,12 @@ class _Image:
     pixels: torch.Tensor  # 1 x h x w, exactly as training saw it
     width: int
     height: int
-    body_part: str | None
+    meta: ImageMeta | None  # None for arrays
+    original: np.ndarray | None = None  # the pixels as read, for the input gate (which trained on them)
+
+    @property
+    def body_part(self) -> str | None:
+        return None if self.meta is None else self.meta.body_part
 
 
 class Predictor:
@@ -125,6 +143,9 @@ class Predictor:
         self.cache_side = int(self.manifest["preprocessing"]["cache_side"])
         store = ModelStore(self.path, runtime, self.manifest.get("onnx") or {})
         self._scenarios: dict[str, Scenario] = load_scenarios(store, self.scenarios)
+        # The input gate's pixel check (bundle.json "gate"); None: a bundle exported without one,
+        # where only DICOM headers can keep an image out of scope.
+        self.gate: PixelGate | None = PixelGate.load(self.path / GATE_FILE) if self.manifest.get("gate") else None
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r}, scenarios={self.scenarios}, default={self.default_scenario!r})"
@@ -178,6 +199,20 @@ class Predictor:
         return name, [name, *extra]
 
     # -- prediction --------------------------------------------------------------------------
+    def scope(self, pixels: Sequence[np.ndarray], metas: Sequence[ImageMeta | None],
+              gate: bool = True) -> list[ScopeVerdict]:
+        """The input gate's verdict on each image: its DICOM header where that decides, else its
+        pixels (the bundle's gate), else in scope. ``gate=False``: every image in scope, unasked."""
+        if not gate:
+            return [GATE_OFF] * len(pixels)
+        verdicts = [None if meta is None else header_verdict(meta) for meta in metas]
+        ask = [i for i, v in enumerate(verdicts) if v is None]
+        if ask and self.gate is not None:
+            for i, v in zip(ask, self.gate.check([pixels[i] for i in ask]), strict=True):
+                verdicts[i] = v
+        no_gate = ScopeVerdict(True, "none", "no pixel gate in this bundle and no header that decides")
+        return [no_gate if v is None else v for v in verdicts]
+
     def predict(
         self,
         inputs: Sequence[str | Path | np.ndarray],
@@ -185,12 +220,17 @@ class Predictor:
         batch_size: int = 1,
         masks: bool = True,
         progress: bool = False,
+        gate: bool = True,
     ) -> list[Prediction]:
-        """Score files (DICOM, PNG, JPEG) or arrays (float HxW in [0, 1]); raises on the first bad input."""
+        """Score files (DICOM, PNG, JPEG) or arrays (float HxW in [0, 1]); raises on the first bad input.
+
+        ``gate``: ask the input gate first; an image it keeps out of scope comes back unscored
+        (probability None, level "out_of_scope", ``scope.reason`` says why).
+        """
         if isinstance(inputs, (str, Path, np.ndarray)):
             inputs = [inputs]
         results = []
-        for _, result in self._iter(list(inputs), scenario, batch_size, masks, progress):
+        for _, result in self._iter(list(inputs), scenario, batch_size, masks, progress, gate):
             if isinstance(result, BadInputError):
                 raise result
             results.append(result)
@@ -203,15 +243,27 @@ class Predictor:
         batch_size: int = 1,
         masks: bool = True,
         progress: bool = False,
+        gate: bool = True,
     ) -> Iterator[tuple[str, Prediction | BadInputError]]:
         """``(path, Prediction)`` for every input in order; a bad file gives its BadInputError instead."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        for name, result in self._iter(list(paths), scenario, batch_size, masks, progress):
+        for name, result in self._iter(list(paths), scenario, batch_size, masks, progress, gate):
             yield str(name), result
 
+    def predict_read(
+        self, images: Sequence[tuple[np.ndarray, ImageMeta | None]], scenario: str | None = None,
+        masks: bool = True, gate: bool = True,
+    ) -> list[Prediction | BadInputError]:
+        """Score images already read (pixels and their metadata, as :func:`limbscan.io.read_image`
+        returns them), as one batch; an image that cannot be scored gives its BadInputError."""
+        shown, names = self._plan(scenario)
+        read = [_Image(None, f"<image {i}>", self.preprocess(_as_pixels(pixels, f"<image {i}>")),
+                       pixels.shape[1], pixels.shape[0], meta, pixels) for i, (pixels, meta) in enumerate(images)]
+        return self._score_safely(read, shown, names, masks, gate)
+
     def _iter(
-        self, items: list, scenario: str | None, batch_size: int, masks: bool, progress: bool
+        self, items: list, scenario: str | None, batch_size: int, masks: bool, progress: bool, gate: bool = True
     ) -> Iterator[tuple[str, Prediction | BadInputError]]:
         from rich.progress import track
 
@@ -223,7 +275,7 @@ class Predictor:
             batch = items[start : start + batch_size]
             read: list[_Image | BadInputError] = [self._read(item, start + i) for i, item in enumerate(batch)]
             good = [im for im in read if isinstance(im, _Image)]
-            scored = iter(self._score_safely(good, shown, names, masks))
+            scored = iter(self._score_safely(good, shown, names, masks, gate))
             for i, (item, im) in enumerate(zip(batch, read, strict=True)):
                 name = f"<array {start + i}>" if isinstance(item, np.ndarray) else str(item)
                 yield name, (im if isinstance(im, BadInputError) else next(scored))
@@ -236,7 +288,8 @@ class Predictor:
                 pixels = _as_pixels(item, f"<array {index}>")
             except BadInputError as err:
                 return err
-            return _Image(None, f"<array {index}>", self.preprocess(pixels), pixels.shape[1], pixels.shape[0], None)
+            return _Image(None, f"<array {index}>", self.preprocess(pixels), pixels.shape[1], pixels.shape[0], None,
+                          pixels)
         try:
             pixels, meta = read_image(item)
         except BadInputError as err:
@@ -244,30 +297,44 @@ class Predictor:
         except Exception as err:  # noqa: BLE001 - one odd file must not end a batch job
             # Only the type: a third-party message could quote a header value with patient data.
             return BadInputError(item, f"could not decode the image ({type(err).__name__})")
-        return _Image(str(item), str(item), self.preprocess(pixels), pixels.shape[1], pixels.shape[0], meta.body_part)
+        return _Image(str(item), str(item), self.preprocess(pixels), pixels.shape[1], pixels.shape[0], meta, pixels)
 
-    def _score_safely(self, images: list[_Image], shown: str, names: list[str], masks: bool) -> list:
+    def _score_safely(self, images: list[_Image], shown: str, names: list[str], masks: bool, gate: bool) -> list:
         """The batch's predictions; if the batch fails, each image alone, so one odd image
         (too small to crop, say) costs only itself."""
         if not images:
             return []
         try:
-            return self._score(images, shown, names, masks)
+            return self._score(images, shown, names, masks, gate)
         except (ValueError, RuntimeError, BadInputError) as err:
             if len(images) == 1:
                 if isinstance(err, BadInputError):
                     return [err]
                 return [BadInputError(images[0].name,
                                       f"could not be scored ({type(err).__name__}: the models cannot take it)")]
-        return [r for image in images for r in self._score_safely([image], shown, names, masks)]
+        return [r for image in images for r in self._score_safely([image], shown, names, masks, gate)]
 
     @torch.inference_mode()
-    def _score(self, images: list[_Image], shown: str, names: list[str], masks: bool) -> list[Prediction]:
+    def _score(self, images: list[_Image], shown: str, names: list[str], masks: bool, gate: bool) -> list[Prediction]:
+        verdicts = self.scope([im.original for im in images], [im.meta for im in images], gate)
+        threshold, suspected = self.thresholds(shown)
+        kept = [(im, v) for im, v in zip(images, verdicts, strict=True) if v.in_scope]
+        scored = iter(self._score_in_scope(kept, shown, names, masks, threshold, suspected))
+        return [next(scored) if v.in_scope else
+                Prediction(file=im.file, scenario=shown, probability=None, threshold=threshold, label=OUT_OF_SCOPE,
+                           scores={}, width=im.width, height=im.height, body_part=im.body_part,
+                           suspected_threshold=suspected, scope=v)
+                for im, v in zip(images, verdicts, strict=True)]
+
+    def _score_in_scope(self, kept: list[tuple[_Image, ScopeVerdict]], shown: str, names: list[str], masks: bool,
+                        threshold: float, suspected: float | None) -> list[Prediction]:
+        if not kept:
+            return []
+        images = [im for im, _ in kept]
         inputs = [ImageInput(im.pixels, im.width, im.height) for im in images]
         # Same-size images of the batch share a detector forward (see run_detector).
         batch = Batch(inputs, detector_batch_size=len(inputs))
         found = {name: batch.findings(self._scenarios[name]) for name in self.scenarios if name in names}
-        threshold, suspected = self.thresholds(shown)
         out = []
         for i, im in enumerate(images):
             finding: Finding = found[shown][i]
@@ -283,7 +350,7 @@ class Predictor:
                 label="abnormal" if probability >= threshold else "normal",
                 scores={name: float(found[name][i].score) for name in found},
                 detections=detections, width=im.width, height=im.height, body_part=im.body_part,
-                suspected_threshold=suspected,
+                suspected_threshold=suspected, scope=kept[i][1],
             ))
         return out
 

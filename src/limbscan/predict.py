@@ -2,10 +2,14 @@
 
 ``run_predict`` writes into OUT:
 
-- ``predictions.jsonl``: one :meth:`Prediction.to_json` per scored image, in input order, with
-  ``file``, ``overlay`` (where one was drawn), ``dicom`` (DICOM outputs) and ``warnings``;
+- ``predictions.jsonl``: one record per image read (:mod:`limbscan.analysis`), in input order, with
+  ``file``, ``study``, ``scope`` (the input gate's verdict), ``overlay`` (where one was drawn),
+  ``dicom`` (DICOM outputs) and ``warnings``;
 - ``worklist.csv``: the scored images, most likely abnormal first (what a reader works down),
   each with its level: "likely", "suspected" or "normal" (:mod:`limbscan.operating_points`);
+  then, unranked, the images the input gate kept out of scope ("out_of_scope", and why);
+- ``studies.csv``: one row per study (DICOM StudyInstanceUID; other files by ``studies``), most
+  likely abnormal first, scored by its highest in-scope image, with its images listed;
 - ``overlays/<n>.png``: ``n`` is the image's place in the sorted input list, never its file
   name, which may carry a patient's name or id;
 - ``errors.jsonl``: every file that could not be scored, and why (a batch never stops for one);
@@ -32,32 +36,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch.distributed as dist
 
+from limbscan.analysis import AnalyseOptions, Analyser
 from limbscan.data.torchdata import shard
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.io import read_image, sniff_format
 from limbscan.operating_points import SUSPECTED
-from limbscan.overlay import render_overlay, save_png
-from limbscan.scenarios import classifier_scenarios
 from limbscan.utils.distributed import DistInfo, init_distributed, shutdown_distributed
 from limbscan.utils.files import atomic_file, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from limbscan.inference import Model, Prediction
+    from limbscan.inference import Model
 
 PREDICTIONS = "predictions.jsonl"
 WORKLIST = "worklist.csv"
+STUDIES = "studies.csv"
 ERRORS = "errors.jsonl"
 SUMMARY = "summary.json"
 OVERLAY_DIR = "overlays"
 DICOM_DIR = "dicom"
 PARTS_DIR = ".parts"
-DICOM_KINDS = ("sc", "sr")
 # New columns go at the end: scripts read the older ones by position.
 WORKLIST_COLUMNS = ("rank", "file", "body_part", "probability", "label", "scenario", "n_detections", "overlay",
-                    "level")
+                    "level", "study", "not_analysed_because")
+STUDY_COLUMNS = ("rank", "study", "probability", "level", "n_images", "n_scored", "n_out_of_scope", "top_file",
+                 "top_overlay", "files")
 _OVERLAY_NAME = re.compile(r"^\d{6,}\.png$")
 # A file named like this in a folder must hold an image: when it does not, errors.jsonl says so.
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
@@ -76,6 +80,8 @@ class PredictSummary:
     suspected_threshold: float | None = None  # the high-sensitivity point; None for a bundle without one
     n_suspected: int = 0  # at the high-sensitivity point only
     scenario_reason: str | None = None  # why this scenario: asked for, or why the bundle made it its default
+    n_out_of_scope: int = 0  # read, but kept from scoring by the input gate (not in n_scored)
+    n_studies: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "out": str(self.out)}
@@ -163,90 +169,8 @@ def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) ->
 
 
 # -- scoring -------------------------------------------------------------------------------
-def _read(path: str) -> tuple[np.ndarray, Any] | dict:
-    try:
-        return read_image(path)
-    except BadInputError as err:
-        return {"file": path, "error": err.problem}
-    except Exception as err:  # noqa: BLE001 - one odd file must not end a batch
-        # Only the type: a decoder's message could quote a header value with patient data.
-        return {"file": path, "error": f"could not decode the image ({type(err).__name__})"}
-
-
-def _predict(model: Model, arrays: list[np.ndarray], scenario: str, batch_size: int) -> list[Prediction | Exception]:
-    """Predictions for a batch; when the batch fails, image by image, so one image fails alone."""
-    try:
-        return list(model.predict(arrays, scenario=scenario, batch_size=batch_size, masks=True))
-    except Exception:  # noqa: BLE001 - retried one by one below, each failure reported
-        if len(arrays) == 1:
-            raise
-    out: list[Prediction | Exception] = []
-    for array in arrays:
-        try:
-            out.extend(model.predict([array], scenario=scenario, batch_size=1, masks=True))
-        except Exception as err:  # noqa: BLE001
-            out.append(err)
-    return out
-
-
-def _score_error(path: str, err: Exception) -> dict:
-    if isinstance(err, BadInputError):  # named "<array>" by the model, which only saw pixels
-        return {"file": path, "error": err.problem}
-    # The model only ever saw pixels, so its messages cannot quote a header.
-    return {"file": path, "error": f"could not score the image ({type(err).__name__}: {err})"}
-
-
 def _overlay_name(index: int) -> str:
     return f"{OVERLAY_DIR}/{index + 1:06d}.png"
-
-
-@dataclass
-class _Options:
-    scenario: str
-    batch_size: int
-    overlays: bool
-    gradcam: bool
-    dicom_out: tuple[str, ...]
-    reason: str | None = None
-
-
-def _finish(model: Model, path: str, index: int, pixels: np.ndarray, meta: Any, pred: Prediction,
-            out: Path, opts: _Options) -> dict:
-    """One scored image: its overlay and DICOM outputs written, its JSON record returned."""
-    pred.file = path
-    if pred.body_part is None:
-        pred.body_part = meta.body_part
-    record = pred.to_json()
-    record["file"] = path
-    warnings = list(meta.warnings)
-    want_dicom = bool(opts.dicom_out) and meta.format == "dicom"
-    if opts.overlays or want_dicom:
-        heat = None
-        if opts.gradcam:
-            from limbscan.explain import gradcam
-
-            try:
-                heat = gradcam(model, pixels, pred)
-            except Exception as err:  # noqa: BLE001 - the overlay is still worth drawing without it
-                warnings.append(f"Grad-CAM failed ({type(err).__name__})")
-        rgb = render_overlay(pixels, pred, heat)
-        if opts.overlays:
-            save_png(rgb, out / _overlay_name(index))
-            record["overlay"] = _overlay_name(index)
-        if want_dicom:
-            from limbscan.io.dicom_out import dicom_outputs  # pulls highdicom in only when asked
-
-            try:
-                written = dicom_outputs(Path(path), record, rgb, model.manifest, out / DICOM_DIR, opts.dicom_out)
-                record["dicom"] = [str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)
-                                   for p in written]
-            except BadInputError as err:
-                warnings.append(f"DICOM output failed: {err.problem}")
-            except Exception as err:  # noqa: BLE001 - only the type: a message could quote the header
-                warnings.append(f"DICOM output failed ({type(err).__name__})")
-    if warnings:
-        record["warnings"] = warnings
-    return record
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -254,7 +178,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def _score_shard(model: Model, files: list[str], mine: list[int], out: Path, opts: _Options, progress: bool,
+def _score_shard(analyser: Analyser, files: list[str], mine: list[int], out: Path, batch_size: int, progress: bool,
                  records: io.TextIOBase, errors: io.TextIOBase) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -263,28 +187,23 @@ def _score_shard(model: Model, files: list[str], mine: list[int], out: Path, opt
     # Transient: once done, the command's summary table says what the bar said.
     with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("predict", total=len(mine))
-        for chunk in _batches(mine, opts.batch_size):
+        for chunk in _batches(mine, batch_size):
             loaded = []
             for index in chunk:
-                read = _read(files[index])
-                if isinstance(read, dict):
-                    errors.write(json.dumps({"index": index, **read}) + "\n")
+                read = analyser.read(files[index])
+                if isinstance(read, BadInputError):
+                    errors.write(json.dumps({"index": index, "file": files[index], "error": read.problem}) + "\n")
                 else:
-                    loaded.append((index, *read))
-            preds = _predict(model, [pixels for _, pixels, _ in loaded], opts.scenario, opts.batch_size) if loaded else []
-            for (index, pixels, meta), pred in zip(loaded, preds, strict=True):
-                path = files[index]
-                if isinstance(pred, Exception):
-                    errors.write(json.dumps({"index": index, **_score_error(path, pred)}) + "\n")
+                    loaded.append((index, read))
+            results = analyser.analyse([read for _, read in loaded])
+            for (index, _), result in zip(loaded, results, strict=True):
+                if isinstance(result, BadInputError):
+                    errors.write(json.dumps({"index": index, "file": files[index], "error": result.problem}) + "\n")
                     continue
-                try:
-                    record = _finish(model, path, index, pixels, meta, pred, out, opts)
-                except (OSError, LimbscanError):
-                    raise  # a full disk or a broken bundle fails every image alike: stop
-                except Exception as err:  # noqa: BLE001
-                    errors.write(json.dumps({"index": index, **_score_error(path, err)}) + "\n")
-                    continue
-                records.write(json.dumps({"index": index, **record}) + "\n")
+                analyser.write(result, overlay=out / _overlay_name(index), overlay_ref=_overlay_name(index),
+                               dicom_dir=out / DICOM_DIR,
+                               dicom_ref=lambda p: str(p.relative_to(out)) if p.is_relative_to(out) else str(p))
+                records.write(json.dumps({"index": index, **result.record}) + "\n")
             bar.advance(task, len(chunk))
 
 
@@ -307,16 +226,59 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _ranked(records: list[dict]) -> list[dict]:
+    """Scored records most likely abnormal first (ties keep input order, so the list is the same
+    however sharded), then the out-of-scope ones in input order."""
+    scored = sorted((r for r in records if r.get("probability") is not None),
+                    key=lambda r: (-float(r["probability"]), r["index"]))
+    return scored + sorted((r for r in records if r.get("probability") is None), key=lambda r: r["index"])
+
+
 def worklist_csv(records: list[dict]) -> str:
-    """worklist.csv's text for records of :meth:`Prediction.to_json` shape, each with an ``index``."""
-    # Most likely abnormal first; ties keep input order, so the list is the same however sharded.
-    ranked = sorted(records, key=lambda r: (-float(r["probability"]), r["index"]))
+    """worklist.csv's text for records of :meth:`Prediction.to_json` shape, each with an ``index``:
+    scored images ranked, then the images the gate kept out of scope, unranked, with its reason."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(WORKLIST_COLUMNS)
-    for rank, r in enumerate(ranked, 1):
-        writer.writerow([rank, r["file"], r.get("body_part") or "", f"{float(r['probability']):.6f}", r["label"],
-                         r["scenario"], len(r.get("detections") or []), r.get("overlay", ""), r["level"]])
+    for rank, r in enumerate(_ranked(records), 1):
+        scored = r.get("probability") is not None
+        writer.writerow([rank if scored else "", r["file"], r.get("body_part") or "",
+                         f"{float(r['probability']):.6f}" if scored else "", r["label"], r["scenario"],
+                         len(r.get("detections") or []), r.get("overlay", ""), r["level"], r.get("study") or "",
+                         "" if scored else (r.get("scope") or {}).get("reason", "")])
+    return buf.getvalue()
+
+
+def study_rows(records: list[dict]) -> list[dict]:
+    """One row per study, most likely abnormal first: its score is the highest probability of its
+    in-scope images (the image that gives it leads its list); studies with none scored come last.
+    A record without a study is a study of its own."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r.get("study") or f"image:{r['index']}", []).append(r)
+    rows = []
+    for key, members in groups.items():
+        ranked = _ranked(members)
+        top = ranked[0]
+        scored = [m for m in members if m.get("probability") is not None]
+        rows.append({"study": None if key.startswith("image:") else key, "index": top["index"],
+                     "probability": top.get("probability") if scored else None,
+                     "level": top["level"], "n_images": len(members), "n_scored": len(scored),
+                     "n_out_of_scope": len(members) - len(scored), "top_file": top["file"],
+                     "top_overlay": top.get("overlay"), "files": [m["file"] for m in ranked]})
+    return _ranked(rows)
+
+
+def studies_csv(records: list[dict]) -> str:
+    """studies.csv's text: :func:`study_rows`, the files of each study joined by " | "."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(STUDY_COLUMNS)
+    for rank, row in enumerate(study_rows(records), 1):
+        scored = row["probability"] is not None
+        writer.writerow([rank if scored else "", row["study"] or "", f"{row['probability']:.6f}" if scored else "",
+                         row["level"], row["n_images"], row["n_scored"], row["n_out_of_scope"], row["top_file"],
+                         row["top_overlay"] or "", " | ".join(str(f) for f in row["files"])])
     return buf.getvalue()
 
 
@@ -329,8 +291,9 @@ def _bundle_meta(model: Model) -> dict:
     return {"path": str(model.path), **meta}
 
 
-def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, opts: _Options,
-           n_inputs: int, started: float) -> PredictSummary:
+def _merge(out: Path, world_size: int, found_errors: list[dict], analyser: Analyser, batch_size: int,
+           reason: str | None, n_inputs: int, started: float) -> PredictSummary:
+    model, opts, scenario = analyser.model, analyser.options, analyser.scenario
     records: list[dict] = []
     errors = [{"index": -1, **e} for e in found_errors]  # found while listing: before any scored file
     for rank in range(world_size):
@@ -341,31 +304,38 @@ def _merge(out: Path, world_size: int, found_errors: list[dict], model: Model, o
     errors.sort(key=lambda e: e["index"])
     write_text_atomic(out / PREDICTIONS, _jsonl([{k: v for k, v in r.items() if k != "index"} for r in records]))
     write_text_atomic(out / WORKLIST, worklist_csv(records))
+    write_text_atomic(out / STUDIES, studies_csv(records))
     write_text_atomic(out / ERRORS, _jsonl([{"file": e["file"], "error": e["error"]} for e in errors]))
     _drop_stale_overlays(out, {r["overlay"] for r in records if "overlay" in r})
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
 
     seconds = time.perf_counter() - started
-    n_abnormal = sum(r["label"] == "abnormal" for r in records)
-    likely, suspected = model.thresholds(opts.scenario)
-    summary = PredictSummary(out, opts.scenario, likely, n_inputs, len(records), n_abnormal, len(errors),
-                             round(seconds, 3), suspected, sum(r["level"] == SUSPECTED for r in records), opts.reason)
+    scored = [r for r in records if r.get("probability") is not None]
+    refused = [r for r in records if r.get("probability") is None]
+    n_abnormal = sum(r["label"] == "abnormal" for r in scored)
+    likely, suspected = model.thresholds(scenario)
+    summary = PredictSummary(out, scenario, likely, n_inputs, len(scored), n_abnormal, len(errors),
+                             round(seconds, 3), suspected, sum(r["level"] == SUSPECTED for r in scored), reason,
+                             len(refused), len({r.get("study") or f"image:{r['index']}" for r in records}))
     by_part: dict[str, dict[str, int]] = {}
-    for r in records:
+    for r in scored:
         entry = by_part.setdefault(r.get("body_part") or "unknown", {"n": 0, "n_abnormal": 0, "n_suspected": 0})
         entry["n"] += 1
         entry["n_abnormal"] += r["label"] == "abnormal"
         entry["n_suspected"] += r["level"] == SUSPECTED
     write_json_atomic(out / SUMMARY, {
         **summary.to_json(),
-        "n_normal": len(records) - n_abnormal,  # label "normal": the suspected ones included
+        "n_normal": len(scored) - n_abnormal,  # label "normal": the suspected ones included
         "n_warnings": sum(bool(r.get("warnings")) for r in records),
         "images_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
         "by_body_part": dict(sorted(by_part.items())),
-        "options": {"batch_size": opts.batch_size, "overlays": opts.overlays, "gradcam": opts.gradcam,
-                    "dicom_out": list(opts.dicom_out), "world_size": world_size},
-        "outputs": {"predictions": PREDICTIONS, "worklist": WORKLIST, "errors": ERRORS,
-                    "overlays": OVERLAY_DIR if opts.overlays else None,
+        # The input gate: on (the bundle's pixel check and DICOM headers) or off; what it kept out.
+        "gate": {"enabled": opts.gate, "pixel_check": model.gate is not None,
+                 "out_of_scope": [{"file": r["file"], "reason": r["scope"]["reason"]} for r in refused]},
+        "options": {"batch_size": batch_size, "overlays": opts.overlay, "gradcam": opts.gradcam,
+                    "dicom_out": list(opts.dicom_out), "studies": opts.study_key, "world_size": world_size},
+        "outputs": {"predictions": PREDICTIONS, "worklist": WORKLIST, "studies": STUDIES, "errors": ERRORS,
+                    "overlays": OVERLAY_DIR if opts.overlay else None,
                     "dicom": DICOM_DIR if opts.dicom_out else None},
         "bundle": _bundle_meta(model),
     })
@@ -389,27 +359,11 @@ def _summary_from_file(out: Path) -> PredictSummary:
 
 
 # -- entry point ---------------------------------------------------------------------------
-def _options(model: Model, scenario: str | None, batch_size: int, overlays: bool, gradcam: bool,
-             dicom_out: Sequence[str]) -> _Options:
+def _reason(model: Model, scenario: str | None) -> str:
     name = scenario or model.default_scenario
-    if name not in model.scenarios:
-        raise LimbscanError(f"{model.path}: no scenario {name!r} in this bundle (it has {', '.join(model.scenarios)})")
-    if batch_size < 1:
-        raise LimbscanError(f"batch size must be at least 1, got {batch_size}")
-    kinds = tuple(dict.fromkeys(k.strip().lower() for k in dicom_out if k.strip()))
-    unknown = [k for k in kinds if k not in DICOM_KINDS]
-    if unknown:
-        raise LimbscanError(f"--dicom-out {','.join(unknown)}: use {' and / or '.join(DICOM_KINDS)}")
-    if gradcam and not overlays:
-        raise LimbscanError("Grad-CAM is drawn on the overlays: drop --no-overlays or --gradcam")
-    if gradcam and name not in classifier_scenarios():
-        raise LimbscanError(f"Grad-CAM needs a classifier: scenario {name!r} has none (use --scenario "
-                            f"{' or '.join(classifier_scenarios())} where the bundle has them)")
     if scenario is None:
-        reason = model.default_reason or f"{name}: the bundle's default"
-    else:
-        reason = f"{name}: asked for (the bundle's default is {model.default_scenario})"
-    return _Options(name, int(batch_size), bool(overlays), bool(gradcam), kinds, reason)
+        return model.default_reason or f"{name}: the bundle's default"
+    return f"{name}: asked for (the bundle's default is {model.default_scenario})"
 
 
 def _my_share(n: int, info: DistInfo) -> list[int]:
@@ -447,10 +401,14 @@ def run_predict(
     gradcam: bool = False,
     dicom_out: Sequence[str] = (),
     progress: bool = True,
+    gate: bool = True,
+    studies: str = "file",
 ) -> PredictSummary:
     """Score every image in ``inputs`` (files, folders, glob patterns) with ``bundle`` into ``out``.
 
     Bad files are listed in ``errors.jsonl`` and skipped; see the module docstring for the outputs.
+    ``gate=False`` scores every image, in scope or not (research use). ``studies``: how files that
+    are not DICOM form studies ("file": each its own; "folder": one per folder).
     Under ``torchrun`` every rank calls this and gets the merged summary.
     """
     started = time.perf_counter()
@@ -461,7 +419,10 @@ def run_predict(
         model = load(bundle)
     else:
         model = bundle
-    opts = _options(model, scenario, batch_size, overlays, gradcam, dicom_out)
+    if batch_size < 1:
+        raise LimbscanError(f"batch size must be at least 1, got {batch_size}")
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in dicom_out if k.strip()))
+    analyser = Analyser(model, AnalyseOptions(scenario, gate, overlays, gradcam, kinds, studies))
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed()
     try:
@@ -471,11 +432,11 @@ def run_predict(
             dist.barrier()  # rank 0 has cleared old parts before anyone writes new ones
         mine = _my_share(len(files), info)
         _write_parts(out, info.rank, lambda records, errors: _score_shard(
-            model, files, mine, out, opts, progress and info.is_main, records, errors))
+            analyser, files, mine, out, batch_size, progress and info.is_main, records, errors))
         if info.distributed:
             dist.barrier()
         if info.is_main:
-            summary = _merge(out, info.world_size, found_errors, model, opts,
+            summary = _merge(out, info.world_size, found_errors, analyser, batch_size, _reason(model, scenario),
                              len(files) + len(found_errors), started)
         if info.distributed:
             dist.barrier()  # the merged files exist for every rank from here on
@@ -485,4 +446,4 @@ def run_predict(
             shutdown_distributed()
 
 
-__all__ = ["PredictSummary", "collect_inputs", "run_predict", "worklist_csv"]
+__all__ = ["PredictSummary", "collect_inputs", "run_predict", "studies_csv", "study_rows", "worklist_csv"]

@@ -254,3 +254,40 @@ def test_forwarding_to_a_node_that_takes_only_srs(node_factory, phantoms):
     refused = list((node.spool.outbox(dest.key) / "refused").iterdir())
     assert len(refused) == 1 and pydicom.dcmread(refused[0]).Modality == "OT"
     assert [d["via"] for d in _lines(node.config.out / "delivered.jsonl")] == ["dimse"]
+
+
+def test_storescu_chest_and_limb_of_one_patient_only_the_limb_is_scored(gated_bundle, storescu, pydicom_data,
+                                                                         phantoms, tmp_path, caplog):
+    """DCMTK sends a chest CR and a tibia CR of one patient: the chest is 'not analysed' (its header),
+    never a finding on the worklist and sent nowhere; the tibia is scored; the node goes on."""
+    from limbscan.inference import load
+
+    caplog.set_level(logging.INFO)
+    sent = []
+    for name in ("RG1_UNCI.dcm", "RG3_UNCR.dcm"):  # CHEST; EXTREMITY, "... of distal tibia"
+        ds = pydicom.dcmread(pydicom_data(name))
+        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+        sent.append(tmp_path / name)
+        ds.save_as(sent[-1], enforce_file_format=True)
+    out = tmp_path / "node"
+    with Node(load(gated_bundle), NodeConfig(out=out, allowed=["STORESCU"], port=0)) as node:
+        storescu(node.port, sent)
+        assert node.wait_idle(120)
+        records = {r["sop_instance_uid"]: r for r in _lines(out / "predictions.jsonl")}
+        chest, limb = (records[str(pydicom.dcmread(p).SOPInstanceUID)] for p in sent)
+        assert chest["level"] == "out_of_scope" and chest["probability"] is None and "dicom" not in chest
+        assert chest["scope"]["decided_by"] == "header" and "chest" in chest["scope"]["reason"]
+        assert limb["level"] in ("likely", "suspected", "normal") and 0 <= limb["probability"] <= 1
+        assert len(limb["dicom"]) == 2  # only the limb's SR and SC go back
+        assert sorted(p.name for p in (out / "dicom").iterdir()) == sorted(Path(d).name for d in limb["dicom"])
+        worklist = (out / "worklist.csv").read_text().splitlines()
+        assert worklist[1].startswith("1,") and limb["sop_instance_uid"] in worklist[1]
+        assert worklist[2].startswith(",") and "out_of_scope" in worklist[2]  # unranked, not a finding
+        node.flush_status()
+        studies = json.loads((out / "node.json").read_text())["studies"]
+        assert [s["level"] for s in studies] == [limb["level"], "out_of_scope"]
+        # The node goes on: a lower-limb phantom after them is scored.
+        storescu(node.port, phantoms(1))
+        assert node.wait_idle(60) and len(_lines(out / "predictions.jsonl")) == 3
+    assert "not analysed: BodyPartExamined names the chest" in caplog.text
+    assert PATIENT_ID not in caplog.text and PATIENT_NAME.split("^")[0] not in caplog.text

@@ -79,7 +79,7 @@ def fused_run(tiny_run, tmp_path_factory, tiny_config_factory):
 @pytest.fixture(scope="module")
 def fused_bundle(fused_run, tmp_path_factory):
     _, out, _ = fused_run
-    return export_bundle(out, tmp_path_factory.mktemp("fused_bundle") / "m.limbscan")
+    return export_bundle(out, tmp_path_factory.mktemp("fused_bundle") / "m.limbscan", gate=None)
 
 
 def _val(out):
@@ -221,10 +221,10 @@ def test_a_run_without_fused_exports_and_predicts_as_before(tiny_run, tmp_path):
     val = json.loads(RunDir(old).val_scores.read_text())
     del val["scores"]["fused"]
     RunDir(old).val_scores.write_text(json.dumps(val))
-    bundle = export_bundle(old, tmp_path / "old.limbscan")
+    bundle = export_bundle(old, tmp_path / "old.limbscan", gate=None)
     m = read_manifest(bundle)
     assert m["scenarios"] == list(BASES) and "fusion" not in m and m["default_scenario"] in BASES
-    new = read_manifest(export_bundle(run, tmp_path / "new.limbscan"))
+    new = read_manifest(export_bundle(run, tmp_path / "new.limbscan", gate=None))
     assert {n: m["thresholds"][n] for n in BASES} == {n: new["thresholds"][n] for n in BASES}
     ds = Dataset.load(root)
     files = [str(ds.image_path(im)) for im in ds.split_images("test")]

@@ -31,7 +31,7 @@ def model(tiny_run, tmp_path_factory):
     from limbscan.inference import load
 
     _, run = tiny_run
-    return load(export_bundle(run, tmp_path_factory.mktemp("serve_api") / "m.limbscan"))
+    return load(export_bundle(run, tmp_path_factory.mktemp("serve_api") / "m.limbscan", gate=None))
 
 
 @pytest.fixture(scope="module")

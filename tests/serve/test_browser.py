@@ -16,7 +16,7 @@ def bundle(tiny_run, tmp_path_factory) -> Path:
     from limbscan.bundle import export_bundle
 
     _, run = tiny_run
-    return export_bundle(run, tmp_path_factory.mktemp("serve_browser") / "m.limbscan")
+    return export_bundle(run, tmp_path_factory.mktemp("serve_browser") / "m.limbscan", gate=None)
 
 
 def test_page_uploads_ranks_and_shows_an_overlay(browser, bundle, tiny_run, tmp_path):

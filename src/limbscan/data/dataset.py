@@ -4,7 +4,7 @@ A dataset is a folder ``DS`` holding ``DS/dataset.json``::
 
     {"info": {..., "synthetic": false},
      "images": [{"id": 1, "file_name": "...", "width": W, "height": H, "format": "jpeg",
-                 "body_part": "leg", "label": 0 | 1, "patient_id": "..." | null,
+                 "body_part": "leg", "label": 0 | 1, "patient_id": "..." | null, "study": "..." (optional),
                  "split": "train" | "val" | "test" | null,
                  "attributes": {"hardware": 0, ...}, "truncated": false}],
      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h],
@@ -155,6 +155,7 @@ class DatasetBuilder:
         body_part: str | None,
         patient_id: str | None = None,
         attributes: dict[str, Any] | None = None,
+        study: str | None = None,
     ) -> int:
         if label not in (0, 1):
             raise BadInputError(file_name, f"label must be 0 (normal) or 1 (abnormal), got {label!r}")
@@ -175,6 +176,9 @@ class DatasetBuilder:
                 "attributes": dict(attributes or {}),
                 "pixel_spacing": list(meta.pixel_spacing) if meta.pixel_spacing else None,
                 "truncated": bool(meta.truncated),
+                # Where the source groups images into studies (MURA folders, synthetic patients):
+                # evaluate then also reports study-level AUC. Absent: each image its own study.
+                **({"study": str(study)} if study else {}),
             }
         )
         if meta.truncated:

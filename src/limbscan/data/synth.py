@@ -350,6 +350,7 @@ def synthesize(
         _, meta = read_image(path)
         image_id = builder.add_image(
             path, meta, label=int(labels[i]), body_part=parts[i], patient_id=patients[i], attributes=tags,
+            study=patients[i],  # one study per synthetic patient, as its DICOM files' StudyInstanceUID says
         )
         for lesion in lesions:
             builder.add_lesion(image_id, lesion["bbox"], [lesion["polygon"]])

@@ -58,6 +58,19 @@ def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
     return validation_scores(run, ds, val)
 
 
+def _gate_report(run: Path, ds: Dataset, images: list[dict], progress: bool) -> dict[str, Any] | None:
+    from limbscan.bundle import is_bundle, read_manifest
+
+    if not is_bundle(run) or not read_manifest(run, verify=False).get("gate"):
+        return None
+    from limbscan.gate.model import GATE_FILE, PixelGate, gate_counts, judge_files
+
+    verdicts = judge_files(PixelGate.load(run / GATE_FILE), [ds.image_path(im) for im in images], progress=progress)
+    report = gate_counts(verdicts)
+    report["out_of_scope_images"] = [int(im["id"]) for im, v in zip(images, verdicts) if v is not None and not v.in_scope]
+    return report
+
+
 def _bundle_points(
     run: Path, target_sensitivity: float | None, suspected_sensitivity: float | None
 ) -> dict[str, Any] | None:
@@ -141,6 +154,19 @@ def _by_group(images: list[dict], s: Scored, key) -> dict[str, dict]:
     for i, image in enumerate(images):
         values.setdefault(str(key(image)), []).append(i)
     return {v: _auc_block(s.labels[idx], s.scores[idx]) for v, idx in sorted(values.items())}
+
+
+def _study_level(images: list[dict], s: Scored) -> dict[str, Any] | None:
+    """AUC over studies, where the dataset knows them: a study is abnormal when any image is, and
+    scores its highest image (the rule studies.csv ranks by); None when no image names a study."""
+    if not any(im.get("study") for im in images):
+        return None
+    groups: dict[str, list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.get("study") or f"image:{im['id']}", []).append(i)
+    labels = np.array([s.labels[idx].max() for idx in groups.values()])
+    scores = np.array([s.scores[idx].max() for idx in groups.values()])
+    return {**_auc_block(labels, scores), "rule": "max over the study's images"}
 
 
 def _tags(images: list[dict]) -> list[str]:
@@ -289,6 +315,7 @@ def measure(
             f"{ds.root}: the operating threshold is chosen on this val split; report test (or another dataset)"
         )
     scored = score_run(run, ds, images, progress=progress)
+    gate = _gate_report(run, ds, images, progress)
     labels = np.asarray([int(im["label"]) for im in images])
     groups = _groups(images)
     truths = _truths(ds, images)
@@ -309,6 +336,9 @@ def measure(
         "training_data": val.get("training_data"),  # the datasets trained on, where the run recorded them
         "scenarios": {},
         "comparisons": [],
+        # Every image is scored above, in scope or not, so figures stay comparable; this says how many
+        # the bundle's input gate would have kept from predict (None: a run folder, or no gate).
+        "gate": gate,
     }
     metrics["backbones_used"] = _models(run, list(scored))
     for name, s in scored.items():
@@ -322,6 +352,7 @@ def measure(
         entry["confusion"] = {"tp": m.tp, "fn": m.fn, "fp": m.fp, "tn": m.tn}  # the DESIGN.md contract
         entry["operating_points"] = _at_points(points, s, val_labels, val_scores, entry, groups, n_boot, seed)
         entry["by_body_part"] = _by_group(images, s, lambda im: im.get("body_part") or "unknown")
+        entry["study_level"] = _study_level(images, s)
         entry["by_tag"] = {
             tag: _by_group(images, s, lambda im, tag=tag: (im.get("attributes") or {}).get(tag, "missing"))
             for tag in _tags(images)

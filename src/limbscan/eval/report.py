@@ -194,6 +194,14 @@ def _scenario_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
             "p", metrics.get("ci_method", "95 % confidence intervals by stratified bootstrap, resampling patients.")
         ),
     ]
+    studies = {name: s["study_level"] for name, s in scenarios.items() if s.get("study_level")}
+    if studies:
+        first = next(iter(studies.values()))
+        blocks += [
+            _Block("h3", f"Study-level AUC ({first['n']} studies, {first['n_abnormal']} abnormal; a study scores "
+                         f"its highest image)"),
+            _table(["scenario", "AUC"], [[name, _auc(st, fallback)] for name, st in studies.items()]),
+        ]
     confusion = [
         [name, *(_num(s["confusion"].get(k)) for k in ("tp", "fn", "fp", "tn"))]
         for name, s in scenarios.items()
@@ -359,6 +367,18 @@ def _body_part_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
     return blocks
 
 
+def _gate_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
+    """What the bundle's input gate would have kept out of scope on this split (scored regardless)."""
+    gate = metrics.get("gate")
+    if not gate:
+        return []
+    by = gate.get("by") or {}
+    return [_Block("h2", "Input gate"), _Block(
+        "p", f"Of {gate['n']} images, the input gate would keep {gate['n_out_of_scope']} out of scope "
+             f"({by.get('header', 0)} by their DICOM header, {by.get('pixels', 0)} by their pixels); every image is "
+             f"scored above all the same, so these figures compare with runs scored without a gate.")]
+
+
 def _training_data_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
     """The datasets the evaluated model trained on, where its run recorded them (main and auxiliary)."""
     data: Sequence[Mapping[str, Any]] = metrics.get("training_data") or []
@@ -442,6 +462,7 @@ def _blocks(metrics: Mapping[str, Any], title: str, figures: Mapping[str, Path] 
         *_comparison_blocks(metrics),
         *_body_part_blocks(metrics),
         *_training_data_blocks(metrics),
+        *_gate_blocks(metrics),
         *_tag_blocks(metrics),
         *_localisation_blocks(metrics),
         *_timing_blocks(metrics),

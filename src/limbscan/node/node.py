@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from limbscan.errors import LimbscanError
 from limbscan.node.forward import Destination, Forwarder
 from limbscan.node.scp import StorageSCP, transfer_syntaxes
-from limbscan.node.spool import Spool
+from limbscan.node.spool import Spool, _indexed
 from limbscan.node.worker import ScoreOptions, Scorer, start_seq
+from limbscan.predict import study_rows
 
 if TYPE_CHECKING:
     from limbscan.inference import Predictor
@@ -34,7 +35,7 @@ log = logging.getLogger("limbscan.node")
 LIVE_ROWS = 500  # results node.json carries for the web page, newest first
 _LIGHT = ("sop_instance_uid", "study_instance_uid", "scenario", "probability", "threshold", "suspected_threshold",
           "label", "level", "scores", "width", "height", "body_part", "received_at", "scored_at", "seconds",
-          "warnings", "error", "status")
+          "warnings", "error", "status", "study", "scope")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class NodeConfig:
     retry_base: float = 1.0
     retry_max: float = 60.0
     stow_token: str | None = None
+    gate: bool = True  # the input gate: out-of-scope images are recorded "not analysed", nothing sent back
 
 
 class Node:
@@ -91,7 +93,7 @@ class Node:
         self.forwarders = [Forwarder(self.spool, dest, config.ae_title, retry_base=config.retry_base,
                                      retry_max=config.retry_max, stow_token=config.stow_token,
                                      on_change=self.write_status) for dest in config.forward]
-        self.scorer = Scorer(model, self.spool, self.work, ScoreOptions(config.scenario, tuple(config.dicom_out)),
+        self.scorer = Scorer(model, self.spool, self.work, ScoreOptions(config.scenario, tuple(config.dicom_out), config.gate),
                              post=self._post, on_result=self._on_result, decode_lock=self.decode_lock)
         self.scp = StorageSCP(self.spool, self._accept, ae_title=config.ae_title, allowed=list(config.allowed),
                               max_associations=config.max_associations, decode_lock=self.decode_lock)
@@ -201,6 +203,7 @@ class Node:
         with self._status_lock:
             rows = list(reversed(self._rows))
             counts = dict(self._counts)
+            records = list(self._records)
         return {
             "node": {
                 "ae_title": self.config.ae_title, "host": self.config.host, "port": self.port,
@@ -210,6 +213,8 @@ class Node:
                 "destinations": [f.status() for f in self.forwarders],
             },
             "rows": rows,
+            # The worklist a radiologist reads: one row per study, most likely abnormal first.
+            "studies": study_rows([_indexed(r) for r in records]),
         }
 
     def write_status(self) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from limbscan.analysis import AnalyseOptions, Analyser
 from limbscan.errors import BadInputError
 from limbscan.node.spool import DICOM_DIR, OVERLAY_DIR, Spool
 
@@ -37,6 +38,7 @@ log = logging.getLogger("limbscan.node")
 class ScoreOptions:
     scenario: str | None = None
     dicom_out: tuple[str, ...] = ("sc", "sr")
+    gate: bool = True
 
 
 def bundle_identity(manifest: dict[str, Any]) -> str:
@@ -56,6 +58,8 @@ class Scorer(threading.Thread):
         self.post, self.on_result = post, on_result
         self.decode_lock = decode_lock
         self.scenario = options.scenario or model.default_scenario
+        self.analyser = Analyser(model, AnalyseOptions(scenario=self.scenario, gate=options.gate,
+                                                       dicom_out=tuple(options.dicom_out)), decode_lock)
         self.seed = bundle_identity(model.manifest) + f"|{self.scenario}"
         self.stopping = threading.Event()
         self.busy = False
@@ -100,8 +104,11 @@ class Scorer(threading.Thread):
         record.update(seq=self._seq(), received_at=received_at, scored_at=time.time(),
                       seconds=round(time.time() - started, 3))
         self.spool.commit(uid, record)
-        log.info("SOP Instance %s scored: %s, probability %.3f (%.2f s)", uid, record["level"],
-                 record["probability"], record["seconds"])
+        if record["probability"] is None:
+            log.info("SOP Instance %s not analysed: %s (%.2f s)", uid, record["scope"]["reason"], record["seconds"])
+        else:
+            log.info("SOP Instance %s scored: %s, probability %.3f (%.2f s)", uid, record["level"],
+                     record["probability"], record["seconds"])
         self.on_result(record)
         return record
 
@@ -110,40 +117,17 @@ class Scorer(threading.Thread):
         return seq
 
     def _score(self, uid: str) -> dict:
-        from limbscan.io import read_image
-        from limbscan.io.dicom import read_dataset
-        from limbscan.overlay import render_overlay, save_png
-
-        path = self.spool.received_path(uid)
-        with self.decode_lock:
-            pixels, meta = read_image(path)
-            header = read_dataset(path)
-            study = str(header.get("StudyInstanceUID") or "")
-        [pred] = self.model.predict([pixels], scenario=self.scenario, masks=True)
-        pred.file = f"received/{uid}.dcm"
-        if pred.body_part is None:
-            pred.body_part = meta.body_part
-        record = pred.to_json()
-        record.update(sop_instance_uid=uid, study_instance_uid=study or None)
-        rgb = render_overlay(pixels, pred)
-        save_png(rgb, self.spool.overlay_path(uid))
-        record["overlay"] = f"{OVERLAY_DIR}/{uid}.png"
-        warnings = list(meta.warnings)
-        if self.options.dicom_out:
-            from limbscan.io.dicom_out import dicom_outputs
-
-            try:
-                with self.decode_lock:
-                    written = dicom_outputs(path, record, rgb, self.model.manifest, self.spool.dicom_dir,
-                                            self.options.dicom_out, uid_seed=f"{uid}|{self.seed}")
-            except BadInputError as err:  # the score stands; only the objects to send are missing
-                warnings.append(f"DICOM output failed: {err.problem}")
-                log.warning("SOP Instance %s: no SR / SC (%s)", uid, err.problem)
-            else:
-                record["dicom"] = [f"{DICOM_DIR}/{p.name}" for p in written]
-                self.post(written)
-        if warnings:
-            record["warnings"] = warnings
+        name = f"received/{uid}.dcm"
+        analysis = self.analyser.one(self.spool.received_path(uid), name=name)
+        record = analysis.record
+        record.update(sop_instance_uid=uid, study_instance_uid=record.get("study"))
+        written = self.analyser.write(analysis, overlay=self.spool.overlay_path(uid), overlay_ref=f"{OVERLAY_DIR}/{uid}.png",
+                                      dicom_dir=self.spool.dicom_dir, dicom_ref=lambda p: f"{DICOM_DIR}/{p.name}",
+                                      uid_seed=f"{uid}|{self.seed}")
+        if written:
+            self.post(written)
+        elif self.options.dicom_out and analysis.prediction.in_scope:
+            log.warning("SOP Instance %s: no SR / SC (%s)", uid, "; ".join(record.get("warnings", [])) or "none made")
         return record
 
     def _fail(self, uid: str, problem: str, received_at: float | None) -> dict:

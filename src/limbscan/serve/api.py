@@ -8,7 +8,6 @@ names, their DICOM headers nor the request headers ever reach a log line or an a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import secrets
@@ -32,8 +31,9 @@ from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from limbscan.analysis import AnalyseOptions, Analyser
 from limbscan.errors import BadInputError
-from limbscan.io.images import read_image, sniff_bytes
+from limbscan.io.images import sniff_bytes
 
 if TYPE_CHECKING:
     from limbscan.inference import Model
@@ -114,10 +114,12 @@ class _Service:
     """Everything one app holds: the model, its limits, its work folder and its worker threads."""
 
     def __init__(self, model: Model, token: str | None, max_upload_bytes: int, max_concurrency: int,
-                 workdir: Path | None, keep_overlays: int, decode_lock: threading.Lock | None = None):
+                 workdir: Path | None, keep_overlays: int, decode_lock: threading.Lock | None = None,
+                 gate: bool = True):
         if max_upload_bytes < 1 or max_concurrency < 1:
             raise ValueError("max_upload_bytes and max_concurrency must be positive")
         self.model = model
+        self.gate = gate
         self.token = token.encode() if token else None
         self.max_upload_bytes = max_upload_bytes
         self.max_concurrency = max_concurrency
@@ -162,31 +164,30 @@ class _Service:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), self.token)
 
-    def predict_upload(self, upload: UploadFile, fmt: str, scenario: str | None) -> dict:
-        """Copy one upload to a server-named file, predict, render the overlay (worker thread)."""
-        from limbscan.overlay import render_overlay, save_png
+    def analyser(self, scenario: str | None) -> Analyser:
+        """The one per-image path (limbscan.analysis), with this service's options for ``scenario``."""
+        return Analyser(self.model, AnalyseOptions(scenario=scenario, gate=self.gate), self._decode_lock)
 
+    def predict_upload(self, upload: UploadFile, fmt: str, scenario: str | None) -> dict:
+        """Copy one upload to a server-named file, then the one per-image path (worker thread)."""
         overlay_id = str(uuid.uuid4())
         path = self.uploads / f"{overlay_id}{_SUFFIX[fmt]}"
+        analyser = self.analyser(scenario)
         try:
             upload.file.seek(0)
             with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                 shutil.copyfileobj(upload.file, out)
-            with self._decode_lock:
-                pixels, meta = read_image(path)
-            [prediction] = self.model.predict([pixels], scenario=scenario)
+            # The record's "file" stays null: the client's name is never echoed.
+            analysis = analyser.one(path, name="")
+            analyser.write(analysis, overlay=self.overlays.path(overlay_id), overlay_ref=f"/v1/overlays/{overlay_id}.png")
         except BadInputError as err:
             raise HTTPException(422, f"upload: {err.problem.replace(str(path), 'upload')}") from None
         finally:
             path.unlink(missing_ok=True)
-        # An array carries no header: the body part comes from the file's own metadata.
-        prediction = dataclasses.replace(prediction, file=None, body_part=meta.body_part or prediction.body_part)
-        save_png(render_overlay(pixels, prediction), self.overlays.path(overlay_id))
-        self.overlays.add(overlay_id)
-        answer = prediction.to_json()  # "file" stays, as null: the client's name is never echoed
-        answer.update(id=overlay_id, overlay_url=f"/v1/overlays/{overlay_id}.png")
-        if meta.warnings:
-            answer["warnings"] = [w.replace(str(path), "upload") for w in meta.warnings]
+        answer = analysis.record
+        if "overlay" in answer:
+            self.overlays.add(overlay_id)
+            answer.update(id=overlay_id, overlay_url=answer.pop("overlay"))
         return answer
 
 
@@ -200,6 +201,7 @@ def create_app(
     keep_overlays: int = KEEP_OVERLAYS,
     node: Path | None = None,
     decode_lock: threading.Lock | None = None,
+    gate: bool = True,
 ) -> FastAPI:
     """The service for one model (a loaded :class:`~limbscan.inference.Model` or a bundle path).
 
@@ -211,13 +213,14 @@ def create_app(
     ``node``: the folder of a ``limbscan listen`` node (the same process's or another's): its
     live status and worklist at ``GET /v1/node``, its overlays at ``/v1/node/overlays/<uid>.png``,
     and the page shows them as they arrive. ``decode_lock``: the lock the node decodes under,
-    when both run in one process (pydicom's warnings are collected process-wide).
+    when both run in one process (pydicom's warnings are collected process-wide). ``gate=False``
+    scores every upload, in scope or not (research use).
     """
     if isinstance(model, (str, Path)):
         from limbscan.inference import load
 
         model = load(model)
-    service = _Service(model, token, max_upload_bytes, max_concurrency, workdir, keep_overlays, decode_lock)
+    service = _Service(model, token, max_upload_bytes, max_concurrency, workdir, keep_overlays, decode_lock, gate)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

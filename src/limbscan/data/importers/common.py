@@ -164,13 +164,14 @@ def add_probed(
     patient_id: str | None = None,
     attributes: dict[str, Any] | None = None,
     file_name: Path | None = None,
+    study: str | None = None,
 ) -> int | None:
     """Add an image whose probe succeeded; otherwise list it as skipped. Returns its id or None."""
     if isinstance(probed, Skipped):
         builder.skipped.append(probed)
         return None
     try:
-        return builder.add_image(file_name or path, probed, label, body_part, patient_id, attributes)
+        return builder.add_image(file_name or path, probed, label, body_part, patient_id, attributes, study=study)
     except BadInputError as err:
         builder.skipped.append(Skipped.from_error(err))
         return None

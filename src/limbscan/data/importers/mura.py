@@ -43,7 +43,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
     root = require_dir(Path(root), "MURA root")
     builder = DatasetBuilder(Path(out), source="mura")
 
-    entries: list[tuple[Path, int, str | None, str | None]] = []
+    entries: list[tuple[Path, int, str | None, str | None, str | None]] = []
     left_out: Counter[str] = Counter()  # upper-limb parts: one summary line each, not one per file
     for path in list_files(root):
         if path.suffix.lower() in _NOT_IMAGES:
@@ -60,7 +60,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
                 continue
             body_part = raw_part  # outside LOWER_LIMB_PARTS, kept by request
         patient = next((p for p in parts if _PATIENT.match(p)), None)
-        entries.append((path, label, body_part, PATIENT_PREFIX + patient if patient else None))
+        entries.append((path, label, body_part, PATIENT_PREFIX + patient if patient else None, _study(parts)))
 
     for raw_part, n in sorted(left_out.items()):
         builder.warnings.append(Skipped(str(root), f"{n} {raw_part} image(s) left out: not lower limb"))
@@ -70,11 +70,20 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
         raise LimbscanError(f"{root}: no usable images{hint}")
 
     sources = probe_sources([e[0] for e in entries], Path(out), builder, progress)
-    for (path, label, body_part, patient), src in zip(entries, sources, strict=True):
+    for (path, label, body_part, patient, study), src in zip(entries, sources, strict=True):
         if src is not None:  # a DICOM study's own patient (pseudonymised) wins over the folder's
             add_probed(builder, path, src.probed, label, body_part, src.pseudonym or patient,
-                       file_name=src.file_name)
+                       file_name=src.file_name, study=study)
     return finish(builder, root)
+
+
+def _study(parts: tuple[str, ...]) -> str | None:
+    """The study: the folders down to its ``studyN_positive`` one (part / patient / study, since one
+    patient's studies of two parts may both be ``study1``)."""
+    for i in range(len(parts) - 1, -1, -1):
+        if _STUDY.match(parts[i]):
+            return "/".join(parts[: i + 1])
+    return None
 
 
 def _label(parts: tuple[str, ...]) -> int | None:

@@ -11,7 +11,8 @@
   const TOKEN_KEY = "limbscan.token";
   const STATE_ORDER = { done: 0, analysing: 1, queued: 2, error: 3 };
   // The levels of limbscan.operating_points, as the worklist's badges say them.
-  const LEVEL_TEXT = { likely: "likely abnormal", suspected: "suspected", normal: "normal" };
+  const LEVEL_TEXT = { likely: "likely abnormal", suspected: "suspected", normal: "normal",
+    out_of_scope: "not analysed" };
 
   const $ = (id) => document.getElementById(id);
   const items = [];
@@ -141,13 +142,31 @@
   }
 
   // -- worklist -------------------------------------------------------------------------
+  const scored = (item) => item.state === "done" && item.result.probability !== null;
+  // Most likely abnormal first; images the input gate kept out of scope after every scored one.
+  const byProbability = (a, b) => (scored(b) - scored(a))
+    || (scored(a) ? b.result.probability - a.result.probability : a.key - b.key);
+
   function sorted() {
     return [...items].sort((a, b) => {
       const byState = STATE_ORDER[a.state] - STATE_ORDER[b.state];
       if (byState) return byState;
-      if (a.state === "done") return b.result.probability - a.result.probability;
+      if (a.state === "done") return byProbability(a, b);
       return a.key - b.key;
     });
+  }
+
+  // A radiologist reads studies: answered images grouped by their study (DICOM StudyInstanceUID),
+  // a study ranked by its most likely abnormal image; images without a study stand alone.
+  function studies() {
+    const groups = new Map();
+    for (const item of sorted()) {
+      const study = item.state === "done" ? (item.result.study || item.result.study_instance_uid) : null;
+      const key = study ? `study:${study}` : `item:${item.key}`;
+      if (!groups.has(key)) groups.set(key, { study, members: [] });
+      groups.get(key).members.push(item);
+    }
+    return [...groups.values()]; // insertion follows sorted(): each group's first member is its best
   }
 
   function cell(row, text, className) {
@@ -165,22 +184,49 @@
     return span;
   }
 
+  function studyRow(group, rank) {
+    const top = group.members[0];
+    const row = document.createElement("tr");
+    row.className = "study";
+    row.dataset.study = group.study;
+    cell(row, scored(top) ? String(rank) : "", "num");
+    const shown = `Study …${group.study.slice(-12)} · ${group.members.length} images`;
+    cell(row, shown, "name").title = group.study;
+    cell(row, undefined, "finding").appendChild(badge(LEVEL_TEXT[top.result.level], top.result.level));
+    const probability = cell(row, undefined, "prob");
+    if (scored(top)) probability.appendChild(probabilityBar(top.result));
+    cell(row, "", "part");
+    return row;
+  }
+
   function render() {
     const body = $("worklist").querySelector("tbody");
     body.replaceChildren();
     let rank = 0;
-    for (const item of sorted()) {
+    for (const group of studies()) {
+      const inStudy = group.members.length > 1;
+      if (inStudy) {
+        if (scored(group.members[0])) rank += 1;
+        body.appendChild(studyRow(group, rank));
+      }
+      for (const item of group.members) body.appendChild(itemRow(item, inStudy ? null : scored(item) ? ++rank : null));
+    }
+    summarise();
+  }
+
+  function itemRow(item, rank) {
       const row = document.createElement("tr");
       row.dataset.key = item.key;
       row.dataset.state = item.state;
       const done = item.state === "done";
       if (done) {
-        rank += 1;
+        if (item.result.study || item.result.study_instance_uid) row.classList.add("in-study");
         row.dataset.probability = item.result.probability;
         row.dataset.label = item.result.label;
         row.dataset.level = item.result.level;
         row.tabIndex = 0;
-        row.className = "selectable" + (item.key === selectedKey ? " selected" : "");
+        row.classList.add("selectable");
+        if (item.key === selectedKey) row.classList.add("selected");
         row.setAttribute("aria-selected", item.key === selectedKey ? "true" : "false");
         row.addEventListener("click", () => select(item));
         row.addEventListener("keydown", (event) => {
@@ -190,13 +236,20 @@
           }
         });
       }
-      cell(row, done ? String(rank) : "", "num");
+      cell(row, rank ? String(rank) : "", "num");
       cell(row, item.name, "name").title = item.name;
       const finding = cell(row, undefined, "finding");
       const probability = cell(row, undefined, "prob");
-      if (done) {
+      if (scored(item)) {
         finding.appendChild(badge(LEVEL_TEXT[item.result.level], item.result.level));
         probability.appendChild(probabilityBar(item.result));
+      } else if (done) { // out of scope: what limbscan was not made for, and why
+        finding.appendChild(badge(LEVEL_TEXT.out_of_scope, "out_of_scope"));
+        const reason = document.createElement("span");
+        reason.className = "reason";
+        reason.textContent = item.result.scope?.reason ?? "";
+        finding.appendChild(reason);
+        probability.textContent = "—";
       } else if (item.state === "error") {
         finding.appendChild(badge("not read", "error"));
         const reason = document.createElement("span");
@@ -207,9 +260,7 @@
         finding.appendChild(badge(item.state === "analysing" ? "analysing…" : "queued", "pending"));
       }
       cell(row, done ? (item.result.body_part ?? "—") : "", "part");
-      body.appendChild(row);
-    }
-    summarise();
+      return row;
   }
 
   function probabilityBar(result) {
@@ -249,6 +300,7 @@
     const level = (name) => items.filter((item) => item.state === "done" && item.result.level === name).length;
     const parts = [`${items.length} image${items.length === 1 ? "" : "s"}`, `${level("likely")} likely abnormal`,
       `${level("suspected")} suspected`];
+    if (level("out_of_scope")) parts.push(`${level("out_of_scope")} not analysed`);
     const pending = count("queued") + count("analysing");
     if (pending) parts.push(`${pending} in progress`);
     if (count("error")) parts.push(`${count("error")} not read`);
@@ -261,8 +313,13 @@
     render();
     const result = item.result;
     $("viewer-title").textContent = item.name;
-    $("viewer-caption").textContent = "Loading overlay…";
     showDetails(result);
+    if (result.probability === null) { // not analysed: no overlay was drawn
+      $("overlay").hidden = true;
+      $("viewer-caption").textContent = `Not analysed: ${result.scope?.reason ?? "out of scope"}.`;
+      return;
+    }
+    $("viewer-caption").textContent = "Loading overlay…";
     try {
       const response = await call(result.overlay_url);
       if (!response.ok) throw new Error(await errorText(response));
@@ -286,12 +343,14 @@
   }
 
   function showDetails(result) {
-    const rows = [
-      ["Finding", LEVEL_TEXT[result.level]],
-      ["P(abnormal)", result.probability.toFixed(3)],
-      ["Likely from", `${result.threshold.toFixed(3)} (${result.scenario}, balanced)`],
-    ];
-    if (typeof result.suspected_threshold === "number") {
+    const rows = [["Finding", LEVEL_TEXT[result.level]]];
+    if (result.probability === null) {
+      rows.push(["Why", result.scope?.reason ?? "out of scope"]);
+    } else {
+      rows.push(["P(abnormal)", result.probability.toFixed(3)]);
+      rows.push(["Likely from", `${result.threshold.toFixed(3)} (${result.scenario}, balanced)`]);
+    }
+    if (result.probability !== null && typeof result.suspected_threshold === "number") {
       rows.push(["Suspected from", `${result.suspected_threshold.toFixed(3)} (high sensitivity)`]);
     }
     for (const [scenario, score] of Object.entries(result.scores || {})) {
