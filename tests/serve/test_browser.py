@@ -140,3 +140,50 @@ def test_rows_show_their_level_as_a_badge(browser, bundle, tiny_run, tmp_path, w
         done.nth(1).click()
         expect(page.locator("#details")).to_contain_text("Suspected from")
         page.close()
+
+
+def test_page_groups_a_study_and_lists_an_image_it_did_not_analyse(browser, bundle, phantoms_of_one_study,
+                                                                  pydicom_data, tmp_path):
+    """Two DICOM images of one study come under one study row; a chest CR gets 'not analysed' with
+    the reason, after every scored image, and opens no overlay."""
+    from playwright.sync_api import expect
+
+    chest = pydicom_data("RG1_UNCI.dcm")
+    app = create_app(bundle, workdir=tmp_path / "work")
+    with background_server(app) as base:
+        page = browser.new_page()
+        failures: list[str] = []
+        page.on("pageerror", lambda err: failures.append(str(err)))
+        page.goto(base + "/")
+        page.set_input_files("#picker", [str(chest), *map(str, phantoms_of_one_study)])
+        rows = page.locator("#worklist tbody tr")
+        page.locator("#worklist tbody tr[data-state='done']").nth(2).wait_for(timeout=60_000)
+        kinds = rows.evaluate_all("rows => rows.map(r => r.classList.contains('study') ? 'study' : r.dataset.level)")
+        assert kinds[0] == "study" and kinds[-1] == "out_of_scope", kinds  # the study first, the chest last
+        assert rows.first.locator("td.num").inner_text() == "1"
+        assert rows.last.locator("td.num").inner_text() == ""  # no rank among the scored images
+        expect(rows.last).to_contain_text("not analysed")
+        expect(rows.last).to_contain_text("BodyPartExamined names the chest")
+        expect(page.locator("#summary")).to_contain_text("1 not analysed")
+        rows.last.click()
+        expect(page.locator("#viewer-caption")).to_contain_text("Not analysed: BodyPartExamined names the chest")
+        expect(page.locator("#overlay")).to_be_hidden()
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.close()
+    assert not failures, failures
+
+
+@pytest.fixture
+def phantoms_of_one_study(tiny_run, tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    root, _ = tiny_run
+    study, out = generate_uid(), []
+    for i, source in enumerate(sorted((root / "images").glob("*.dcm"))[:2]):
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID = study
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(tmp_path / f"view{i}.dcm")
+        ds.save_as(out[-1], enforce_file_format=True)
+    return out

@@ -209,58 +209,60 @@
         if (scored(group.members[0])) rank += 1;
         body.appendChild(studyRow(group, rank));
       }
-      for (const item of group.members) body.appendChild(itemRow(item, inStudy ? null : scored(item) ? ++rank : null));
+      for (const item of group.members) {
+        body.appendChild(itemRow(item, inStudy ? null : scored(item) ? ++rank : null, inStudy));
+      }
     }
     summarise();
   }
 
-  function itemRow(item, rank) {
-      const row = document.createElement("tr");
-      row.dataset.key = item.key;
-      row.dataset.state = item.state;
-      const done = item.state === "done";
-      if (done) {
-        if (item.result.study || item.result.study_instance_uid) row.classList.add("in-study");
-        row.dataset.probability = item.result.probability;
-        row.dataset.label = item.result.label;
-        row.dataset.level = item.result.level;
-        row.tabIndex = 0;
-        row.classList.add("selectable");
-        if (item.key === selectedKey) row.classList.add("selected");
-        row.setAttribute("aria-selected", item.key === selectedKey ? "true" : "false");
-        row.addEventListener("click", () => select(item));
-        row.addEventListener("keydown", (event) => {
-          if (event.key === "Enter" || event.key === " ") {
-            event.preventDefault();
-            select(item);
-          }
-        });
-      }
-      cell(row, rank ? String(rank) : "", "num");
-      cell(row, item.name, "name").title = item.name;
-      const finding = cell(row, undefined, "finding");
-      const probability = cell(row, undefined, "prob");
-      if (scored(item)) {
-        finding.appendChild(badge(LEVEL_TEXT[item.result.level], item.result.level));
-        probability.appendChild(probabilityBar(item.result));
-      } else if (done) { // out of scope: what limbscan was not made for, and why
-        finding.appendChild(badge(LEVEL_TEXT.out_of_scope, "out_of_scope"));
-        const reason = document.createElement("span");
-        reason.className = "reason";
-        reason.textContent = item.result.scope?.reason ?? "";
-        finding.appendChild(reason);
-        probability.textContent = "—";
-      } else if (item.state === "error") {
-        finding.appendChild(badge("not read", "error"));
-        const reason = document.createElement("span");
-        reason.className = "reason";
-        reason.textContent = item.error;
-        finding.appendChild(reason);
-      } else {
-        finding.appendChild(badge(item.state === "analysing" ? "analysing…" : "queued", "pending"));
-      }
-      cell(row, done ? (item.result.body_part ?? "—") : "", "part");
-      return row;
+  function itemRow(item, rank, inStudy) {
+    const row = document.createElement("tr");
+    row.dataset.key = item.key;
+    row.dataset.state = item.state;
+    if (inStudy) row.classList.add("in-study");
+    const done = item.state === "done";
+    if (done) {
+      row.dataset.probability = item.result.probability;
+      row.dataset.label = item.result.label;
+      row.dataset.level = item.result.level;
+      row.tabIndex = 0;
+      row.classList.add("selectable");
+      if (item.key === selectedKey) row.classList.add("selected");
+      row.setAttribute("aria-selected", item.key === selectedKey ? "true" : "false");
+      row.addEventListener("click", () => select(item));
+      row.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          select(item);
+        }
+      });
+    }
+    cell(row, rank ? String(rank) : "", "num");
+    cell(row, item.name, "name").title = item.name;
+    const finding = cell(row, undefined, "finding");
+    const probability = cell(row, undefined, "prob");
+    if (scored(item)) {
+      finding.appendChild(badge(LEVEL_TEXT[item.result.level], item.result.level));
+      probability.appendChild(probabilityBar(item.result));
+    } else if (done) { // out of scope: what limbscan was not made for, and why
+      finding.appendChild(badge(LEVEL_TEXT.out_of_scope, "out_of_scope"));
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = item.result.scope?.reason ?? "";
+      finding.appendChild(reason);
+      probability.textContent = "—";
+    } else if (item.state === "error") {
+      finding.appendChild(badge("not read", "error"));
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = item.error;
+      finding.appendChild(reason);
+    } else {
+      finding.appendChild(badge(item.state === "analysing" ? "analysing…" : "queued", "pending"));
+    }
+    cell(row, done ? (item.result.body_part ?? "—") : "", "part");
+    return row;
   }
 
   function probabilityBar(result) {
