@@ -114,11 +114,11 @@ class Analyser:
 
     def _study(self, path: Path, meta: ImageMeta) -> str | None:
         if meta.format == "dicom":
-            from limbscan.io.dicom import read_dataset
+            from limbscan.io.dicom import study_uid
 
-            uid = read_dataset(path).get("StudyInstanceUID")
+            uid = study_uid(path)
             if uid:
-                return str(uid)
+                return uid
         return str(path.parent) if self.options.study_key == "folder" else None
 
     # -- scoring ----------------------------------------------------------------------------

@@ -292,6 +292,16 @@ def read_dataset(path: str | Path) -> Dataset:
         raise BadInputError(path, f"corrupt DICOM header ({type(err).__name__})") from None
 
 
+def study_uid(path: str | Path) -> str | None:
+    """The file's StudyInstanceUID (the header alone is parsed), or None where it has none."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"], force=True)
+    except Exception:  # noqa: BLE001 - read_image has already judged the file; no study is no error
+        return None
+    uid = ds.get("StudyInstanceUID")
+    return str(uid) if uid else None
+
+
 def _transfer_syntax(ds: Dataset) -> UID:
     ts = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
     if ts:

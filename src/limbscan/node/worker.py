@@ -121,13 +121,14 @@ class Scorer(threading.Thread):
         analysis = self.analyser.one(self.spool.received_path(uid), name=name)
         record = analysis.record
         record.update(sop_instance_uid=uid, study_instance_uid=record.get("study"))
-        written = self.analyser.write(analysis, overlay=self.spool.overlay_path(uid), overlay_ref=f"{OVERLAY_DIR}/{uid}.png",
-                                      dicom_dir=self.spool.dicom_dir, dicom_ref=lambda p: f"{DICOM_DIR}/{p.name}",
-                                      uid_seed=f"{uid}|{self.seed}")
+        written = self.analyser.write(
+            analysis, overlay=self.spool.overlay_path(uid), overlay_ref=f"{OVERLAY_DIR}/{uid}.png",
+            dicom_dir=self.spool.dicom_dir, dicom_ref=lambda p: f"{DICOM_DIR}/{p.name}", uid_seed=f"{uid}|{self.seed}")
         if written:
             self.post(written)
         elif self.options.dicom_out and analysis.prediction.in_scope:
-            log.warning("SOP Instance %s: no SR / SC (%s)", uid, "; ".join(record.get("warnings", [])) or "none made")
+            failed = [w for w in analysis.warnings if w.startswith("DICOM output failed")]
+            log.warning("SOP Instance %s: no SR / SC (%s)", uid, "; ".join(failed) or "none made")
         return record
 
     def _fail(self, uid: str, problem: str, received_at: float | None) -> dict:
