@@ -158,6 +158,28 @@ def import_mura_cmd(
     _finish_import(import_mura(root, out, progress=not quiet, lower_limb_only=not all_parts), out)
 
 
+@import_app.command("yolo")
+def import_yolo_cmd(
+    root: Annotated[Path, typer.Argument(
+        help="YOLOv8 / Roboflow export: data.yaml and <split>/images/, <split>/labels/ (or images/, labels/).")],
+    out: OutDir,
+    normal: Annotated[Optional[str], typer.Option(
+        help="Classes of a normal region, a comma list (default: every class whose name holds the word "
+             "'normal'; with --abnormal alone, the rest).")] = None,
+    abnormal: Annotated[Optional[str], typer.Option(
+        help="Classes that make an image abnormal, each region a lesion, a comma list (default: the rest).")] = None,
+    body_part: Annotated[Optional[str], typer.Option(
+        help="Body part of every image (e.g. hip); default unknown.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Import a YOLOv8 / Roboflow export: an image is abnormal when any region is of an abnormal class."""
+    from limbscan.data.importers import import_yolo
+
+    result = import_yolo(root, out, normal=_comma_list(normal), abnormal=_comma_list(abnormal),
+                         body_part=body_part, progress=not quiet)
+    _finish_import(result, out)
+
+
 # -- data ----------------------------------------------------------------------------
 @data_app.command("synth")
 def synth_cmd(

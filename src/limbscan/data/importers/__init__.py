@@ -10,12 +10,16 @@ from limbscan.data.importers.common import ImportResult
 from limbscan.data.importers.folder import import_folder
 from limbscan.data.importers.fracatlas import import_fracatlas
 from limbscan.data.importers.mura import import_mura
+from limbscan.data.importers.yolo import import_yolo
 
 IMPORTERS = {
     "fracatlas": import_fracatlas,
     "folder": import_folder,
     "coco": import_coco,
     "mura": import_mura,
+    "yolo": import_yolo,
 }
 
-__all__ = ["IMPORTERS", "ImportResult", "import_coco", "import_folder", "import_fracatlas", "import_mura"]
+__all__ = [
+    "IMPORTERS", "ImportResult", "import_coco", "import_folder", "import_fracatlas", "import_mura", "import_yolo",
+]
