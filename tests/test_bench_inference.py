@@ -103,7 +103,6 @@ def test_torchvision_peer_reads_both_formats_and_reports_memory(bench, tmp_path)
 
 
 def test_quick_run_on_a_tiny_bundle_writes_a_full_report(bench, tiny_run, tmp_path):
-    pytest.importorskip("limbscan.inference", reason="limbscan.inference not written yet")
     from limbscan.bundle import export_bundle
 
     bundle = export_bundle(tiny_run[1], tmp_path / "tiny.limbscan")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -257,14 +256,6 @@ def test_bootstrap_deterministic_for_seed():
     assert a != c
     da = bootstrap_auc_diff(d["y"], d["strong"], d["weak"], groups=groups, n_boot=300, seed=11)
     assert da == bootstrap_auc_diff(d["y"], d["strong"], d["weak"], groups=groups, n_boot=300, seed=11)
-
-
-def test_bootstrap_is_fast():
-    d = synthetic(n=250, seed=9)
-    start = time.perf_counter()
-    bootstrap_ci(d["y"], d["strong"], 0.5, groups=np.arange(250) // 3, n_boot=2000)
-    # budget is well under a second; generous here because the machine may be busy
-    assert time.perf_counter() - start < 5.0
 
 
 def test_bootstrap_rejects_unknown_metric_and_bad_groups():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 import uuid
 from pathlib import Path
 
@@ -301,10 +300,8 @@ def test_load_on_a_real_server(model, phantoms, tmp_path):
             after = (await client.get("/v1/health")).status_code
         return [code for code, _ in results], [body for _, body in results], [*health, after]
 
-    start = time.monotonic()
-    with background_server(app) as base:
+    with background_server(app) as base:  # wait_for fails the test past 120 s
         codes, bodies, health = asyncio.run(asyncio.wait_for(hammer(base), timeout=120))
-    assert time.monotonic() - start < 120
     for i, (code, body) in enumerate(zip(codes, bodies)):
         if i in corrupt:
             assert code == 422 and body["detail"].startswith("upload: "), (i, code, body)

@@ -159,7 +159,6 @@ def test_max_steps_per_epoch_caps_the_epoch(tmp_path):
 
 
 def test_tensorboard_writes_events_when_asked(tmp_path):
-    pytest.importorskip("tensorboard")
     fit(_stage(epochs=1), tmp_path, _cfg(tensorboard=True), progress=False)
     assert list((tmp_path / "tensorboard" / "toy").glob("events.out.tfevents.*"))
 
