@@ -21,8 +21,8 @@ import torch
 from limbscan.bundle import read_manifest
 from limbscan.data.cache import as_cached
 from limbscan.errors import BadInputError, LimbscanError
-from limbscan.gate import GATE_OFF, OUT_OF_SCOPE, ScopeVerdict, header_verdict
-from limbscan.gate.model import GATE_FILE, PixelGate
+from limbscan.gate import GATE_OFF, OUT_OF_SCOPE, ScopeVerdict
+from limbscan.gate.model import GATE_FILE, PixelGate, scope_verdicts
 from limbscan.io.meta import ImageMeta
 from limbscan.operating_points import level_of, stored_thresholds
 from limbscan.scenarios import info
@@ -203,15 +203,7 @@ class Predictor:
               gate: bool = True) -> list[ScopeVerdict]:
         """The input gate's verdict on each image: its DICOM header where that decides, else its
         pixels (the bundle's gate), else in scope. ``gate=False``: every image in scope, unasked."""
-        if not gate:
-            return [GATE_OFF] * len(pixels)
-        verdicts = [None if meta is None else header_verdict(meta) for meta in metas]
-        ask = [i for i, v in enumerate(verdicts) if v is None]
-        if ask and self.gate is not None:
-            for i, v in zip(ask, self.gate.check([pixels[i] for i in ask]), strict=True):
-                verdicts[i] = v
-        no_gate = ScopeVerdict(True, "none", "no pixel gate in this bundle and no header that decides")
-        return [no_gate if v is None else v for v in verdicts]
+        return scope_verdicts(self.gate, pixels, metas) if gate else [GATE_OFF] * len(pixels)
 
     def predict(
         self,

