@@ -126,10 +126,14 @@ def test_folder_dicom_is_anonymised_into_the_dataset(tmp_path, pydicom_data):
     for im in ds.images:
         anonymised = pydicom.dcmread(ds.image_path(im))
         assert str(anonymised.PatientName) != str(original.PatientName)
+        # its study: the anonymised copy's StudyInstanceUID, never the original's
+        assert im["study"] == str(anonymised.StudyInstanceUID) != str(original.StudyInstanceUID)
     knee = [im["patient_id"] for im in ds.images if im["body_part"] == "knee"]
     hip = [im["patient_id"] for im in ds.images if im["body_part"] == "hip"]
     assert len(knee) == 2 and knee[0] == knee[1] and knee[0] is not None
     assert hip[0] is not None and hip[0] != knee[0]
+    knee_studies = {im["study"] for im in ds.images if im["body_part"] == "knee"}
+    assert len(knee_studies) == 1  # two copies of one study stay one study
 
 
 # -- coco ---------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A COCO JSON plus its image folder; images are referenced in place.
 
 Image-level fields are taken from the JSON where present (``label``, ``body_part``,
-``patient_id``, ``split``, ``attributes``); otherwise an image is abnormal when it has
-annotations. Every annotation category counts as a lesion.
+``patient_id``, ``study``, ``split``, ``attributes``; a DICOM image's study is else its own
+StudyInstanceUID, as anonymised); otherwise an image is abnormal when it has annotations.
+Every annotation category counts as a lesion.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def import_coco(annotations: Path, images: Path, out: Path, progress: bool = Tru
         image_id = add_probed(
             builder, path, meta, label, _body_part(entry, path, builder),
             _patient(entry) or src.pseudonym, _attributes(entry, path, builder), file_name=src.file_name,
+            study=str(entry["study"]) if entry.get("study") else src.study,
         )
         if image_id is None:
             continue

@@ -87,6 +87,15 @@ class Source:
     probed: ImageMeta | Skipped
     pseudonym: str | None  # the DICOM patient's pseudonym; None for PNG / JPEG
 
+    @property
+    def study(self) -> str | None:
+        """The anonymised copy's StudyInstanceUID (consistent across one import); None for PNG / JPEG."""
+        if self.pseudonym is None:
+            return None
+        from limbscan.io.dicom import study_uid
+
+        return study_uid(self.file_name)
+
 
 def probe_sources(
     paths: Sequence[Path], out: Path, builder: DatasetBuilder, progress: bool = True

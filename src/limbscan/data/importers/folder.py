@@ -53,6 +53,7 @@ def import_folder(root: Path, out: Path, progress: bool = True) -> ImportResult:
     sources = probe_sources([path for path, _, _ in entries], out, builder, progress)
     for (path, label, body_part), src in zip(entries, sources, strict=True):
         if src is not None:
-            add_probed(builder, path, src.probed, label, body_part, src.pseudonym, file_name=src.file_name)
+            add_probed(builder, path, src.probed, label, body_part, src.pseudonym, file_name=src.file_name,
+                       study=src.study)
     return finish(builder, root)
 

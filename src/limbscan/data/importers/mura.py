@@ -73,7 +73,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
     for (path, label, body_part, patient, study), src in zip(entries, sources, strict=True):
         if src is not None:  # a DICOM study's own patient (pseudonymised) wins over the folder's
             add_probed(builder, path, src.probed, label, body_part, src.pseudonym or patient,
-                       file_name=src.file_name, study=study)
+                       file_name=src.file_name, study=src.study or study)
     return finish(builder, root)
 
 

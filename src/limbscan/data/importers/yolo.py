@@ -129,7 +129,7 @@ def import_yolo(
             continue
         attributes = {"yolo_split": entry.split} if entry.split else {}
         image_id = add_probed(builder, entry.path, meta, label, part, src.pseudonym or _patient(entry.path),
-                              attributes, file_name=src.file_name)
+                              attributes, file_name=src.file_name, study=src.study)
         if image_id is None:
             continue
         image = builder.images[image_id - 1]
