@@ -89,3 +89,31 @@ def test_gradcam_refuses_a_detector_only_bundle(tiny_run, tmp_path, image):
     pred = model.predict([image])[0]
     with pytest.raises(LimbscanError, match="Grad-CAM needs a classifier.*has none"):
         gradcam(model, image, pred)
+
+
+def test_cam_box_is_the_region_around_the_peak():
+    from limbscan.explain import cam_box
+
+    heat = np.zeros((40, 60), np.float32)
+    heat[10:20, 5:15] = 0.6  # a weaker blob elsewhere, above half the peak but not connected to it
+    heat[25:35, 30:50] = 0.8
+    heat[28, 40] = 1.0
+    assert cam_box(heat) == [30.0, 25.0, 50.0, 35.0]
+    assert cam_box(heat, fraction=0.9) == [40.0, 28.0, 41.0, 29.0]
+    assert cam_box(np.zeros((5, 5))) is None
+
+
+def test_evaluate_measures_the_whole_image_models_gradcam_box(tiny_run, tmp_path):
+    from limbscan.bundle import export_bundle
+    from limbscan.eval.evaluate import measure
+    from limbscan.eval.report import metrics_markdown
+
+    root, run = tiny_run
+    bundle = export_bundle(run, tmp_path / "m.limbscan", gate=None)
+    metrics = measure(bundle, root, "test", n_boot=20, gallery=False, progress=False).metrics
+    loc = metrics["scenarios"]["whole-image"]["localisation_gradcam"]
+    assert loc["n_images_with_lesions"] > 0 and 0 <= loc["top_box_hit_rate"] <= 1 and 0 <= loc["ap50"] <= 1
+    assert "whole-image (Grad-CAM box)" in metrics_markdown(metrics)
+    # A run folder has no predictor to explain with: no Grad-CAM entry, the rest as before.
+    assert "localisation_gradcam" not in measure(run, root, "test", n_boot=20, gallery=False,
+                                                 progress=False).metrics["scenarios"]["whole-image"]

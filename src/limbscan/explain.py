@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from limbscan.inference import Prediction, Predictor
 
 PROBE_SIDE = 224  # large enough that every registered backbone's last map is wider than 1 pixel
+# A heatmap's box: the region around its peak where it stays at or above this share of the peak.
+CAM_BOX_FRACTION = 0.5
 
 
 def target_layer(classifier: nn.Module, probe_side: int = PROBE_SIDE) -> nn.Module:
@@ -116,4 +118,18 @@ def gradcam(model: Predictor, pixels: np.ndarray, prediction: Prediction) -> np.
     return np.clip(_resize(full, height, width), 0.0, 1.0)
 
 
-__all__ = ["gradcam", "target_layer"]
+def cam_box(heat: np.ndarray, fraction: float = CAM_BOX_FRACTION) -> list[float] | None:
+    """``[x0, y0, x1, y1]`` around a heatmap's peak: the extent of the connected region that holds the
+    peak and stays at or above ``fraction`` of it (the pointing game's box); None for a flat zero map."""
+    from scipy import ndimage
+
+    heat = np.asarray(heat, dtype=np.float32)
+    peak = float(heat.max()) if heat.size else 0.0
+    if peak <= 0:
+        return None
+    regions, _ = ndimage.label(heat >= fraction * peak)
+    ys, xs = np.nonzero(regions == regions[np.unravel_index(int(np.argmax(heat)), heat.shape)])
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+__all__ = ["CAM_BOX_FRACTION", "cam_box", "gradcam", "target_layer"]

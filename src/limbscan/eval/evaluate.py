@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from limbscan.bundle import is_bundle
 from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
 from limbscan.eval.localisation import localisation_summary
@@ -58,8 +59,30 @@ def _validation_scores(run: Path, ds: Dataset) -> dict[str, Any]:
     return validation_scores(run, ds, val)
 
 
+def _gradcam_localisation(bundle: Path, ds: Dataset, images: list[dict], s: Scored, truths: dict,
+                          progress: bool) -> dict[str, Any]:
+    """The whole-image classifier's localisation: each image's Grad-CAM box (:func:`limbscan.explain.cam_box`)
+    ranked by its probability, measured as the detector's boxes are (AP50, top-box hit rate, IoMin)."""
+    from rich.progress import track
+
+    from limbscan.explain import CAM_BOX_FRACTION, cam_box, gradcam
+    from limbscan.inference import Prediction, load
+    from limbscan.io import read_image
+
+    model = load(bundle)
+    predictions = {}
+    for image, score in track(list(zip(images, s.scores, strict=True)), description="Grad-CAM boxes",
+                              disable=not progress, transient=True):
+        pixels, _ = read_image(ds.image_path(image))
+        pred = Prediction(None, "whole-image", float(score), 0.5, "", {})
+        box = cam_box(gradcam(model, pixels, pred))
+        predictions[int(image["id"])] = {"boxes": [box] if box else [], "scores": [float(score)] if box else []}
+    return {**localisation_summary(predictions, truths, mode="iomin"),
+            "box": f"Grad-CAM region around the peak, >= {CAM_BOX_FRACTION:g} of it"}
+
+
 def _gate_report(run: Path, ds: Dataset, images: list[dict], progress: bool) -> dict[str, Any] | None:
-    from limbscan.bundle import is_bundle, read_manifest
+    from limbscan.bundle import read_manifest
 
     if not is_bundle(run) or not read_manifest(run, verify=False).get("gate"):
         return None
@@ -360,6 +383,8 @@ def measure(
         if s.boxes and truths:  # the scenarios that localise
             predictions = {i: {"boxes": b["boxes"], "scores": b["scores"]} for i, b in s.boxes.items()}
             entry["localisation"] = localisation_summary(predictions, truths, mode="iomin")
+        if name == "whole-image" and truths and is_bundle(run):  # its Grad-CAM peak as a box
+            entry["localisation_gradcam"] = _gradcam_localisation(run, ds, images, s, truths, progress)
         metrics["scenarios"][name] = entry
     for a, b in itertools.combinations(scored, 2):
         d = delong_test(labels, scored[a].scores, scored[b].scores)

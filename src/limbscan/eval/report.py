@@ -427,6 +427,8 @@ def _tag_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
 def _localisation_blocks(metrics: Mapping[str, Any]) -> list[_Block]:
     scenarios = metrics.get("scenarios", {})
     loc = {s: e["localisation"] for s, e in scenarios.items() if e.get("localisation")}
+    loc.update({f"{s} (Grad-CAM box)": e["localisation_gradcam"] for s, e in scenarios.items()
+                if e.get("localisation_gradcam")})
     if not loc:
         return []
     keys = [k for k in LOCALISATION_NAMES if any(k in v for v in loc.values())]
