@@ -154,9 +154,7 @@ class Analyser:
     def _finish(self, read: Read, pred: Prediction) -> Analysis:
         from limbscan.overlay import render_overlay
 
-        pred.file = read.name or None
-        if pred.body_part is None:
-            pred.body_part = read.meta.body_part
+        pred.file = read.name or None  # the body part came with read.meta through predict_read
         record = pred.to_json()
         record["study"] = read.study
         analysis = Analysis(read, pred, record, warnings=list(read.meta.warnings))
