@@ -127,7 +127,10 @@ def test_one_scenario_runs_only_what_it_needs(model, sample, predicted):
     ds, images = sample
     paths = [ds.image_path(im) for im in images[:3]]
     whole = model.predict(paths, scenario="whole-image")
-    assert all(set(p.scores) == {"whole-image"} and p.detections == [] for p in whole)
+    assert all(set(p.scores) == {"whole-image"} for p in whole)
+    # Its boxes are the bundle localiser's, on likely and suspected images only (tests/test_localise.py).
+    assert all(p.boxes_from == "detector" if p.detections else p.boxes_from is None for p in whole)
+    assert all(p.detections == [] for p in whole if p.level == "normal")
     assert [p.probability for p in whole] == pytest.approx([p.scores["whole-image"] for p in predicted[:3]], abs=1e-6)
     cascade = model.predict(paths, masks=False)  # the default scenario, the detector's score comes free
     assert all(set(p.scores) == {"detector", "cascade"} for p in cascade)

@@ -111,7 +111,7 @@ def test_worklist_is_sorted_most_likely_abnormal_first(predicted):
     out, _ = predicted
     rows = _worklist(out / "worklist.csv")
     assert list(rows[0]) == ["rank", "file", "body_part", "probability", "label", "scenario", "n_detections",
-                             "overlay", "level", "study", "not_analysed_because"] == list(WORKLIST_COLUMNS)
+                             "overlay", "level", "study", "not_analysed_because", "boxes_from"] == list(WORKLIST_COLUMNS)
     probabilities = [float(r["probability"]) for r in rows]
     assert probabilities == sorted(probabilities, reverse=True)
     assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]

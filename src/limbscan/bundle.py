@@ -209,12 +209,15 @@ def export_bundle(
     overwrite: bool = False,
     default_from_cv_dir: str | Path | None = None,
     gate: str | Path | None = BUILTIN_GATE,
+    localiser: str = "auto",
 ) -> Path:
     """Write the bundle of a trained ``run`` into the folder ``out`` (conventionally NAME.limbscan).
 
     ``gate``: the input gate's pixel check the bundle carries (``gate.npz``): the one limbscan
     ships (``"builtin"``), a file from ``limbscan gate train``, or None for none (then only DICOM
     headers keep images out of scope: for research on other images, or synthetic phantoms).
+    ``localiser``: whose boxes a likely or suspected image shows when its scenario draws none
+    (:func:`limbscan.localise.choose`; "auto": the best measured one the run has).
 
     Operating points, on the run's validation scores: "likely" by Youden's J, or the most
     specific point reaching ``target_sensitivity``; "suspected", the most specific point
@@ -246,6 +249,9 @@ def export_bundle(
         for need in info(name).needs:
             if need not in scenarios:
                 raise LimbscanError(f"{run}: the {name} needs its {need}, and {folder.best(need)} is missing")
+    from limbscan.localise import choose
+
+    localiser_entry = choose(scenarios, localiser)
     val = _val_scores(run, scenarios)
     points = _operating_points(val, scenarios, target_sensitivity, suspected_sensitivity)
     default_cv = None
@@ -279,6 +285,7 @@ def export_bundle(
             **_data_provenance(val),
             "preprocessing": _preprocessing(checkpoints),
             "gate": gate_entry,
+            "localiser": localiser_entry,
         }
         if "fused" in checkpoints:
             from limbscan.scenarios.fused import manifest_entry

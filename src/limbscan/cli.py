@@ -742,6 +742,10 @@ def export_cmd(
         "--gate", help="The input gate the bundle carries: builtin (the one limbscan ships), a gate.npz from "
                        "`limbscan gate train`, or none (only DICOM headers then keep images out of scope).")
     ] = "builtin",
+    localiser: Annotated[str, typer.Option(
+        "--localiser", help="Whose boxes a likely or suspected image shows when its scenario draws none: auto (the "
+                            "detector if the run has one, else Grad-CAM), detector, cascade or gradcam.")
+    ] = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Package a trained run as a bundle: weights, config, validation thresholds, input gate, checksums."""
@@ -751,7 +755,7 @@ def export_cmd(
 
     path = export_bundle(run, out, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
                          onnx=onnx, progress=not quiet, overwrite=overwrite, default_from_cv_dir=default_from_cv,
-                         gate=None if gate == "none" else gate)
+                         gate=None if gate == "none" else gate, localiser=localiser)
     manifest = read_manifest(path, verify=False)
     table = Table(title=f"{path} (thresholds on validation: likely by {manifest['threshold_rule']}, suspected by "
                         f"sensitivity>={manifest['suspected_sensitivity']:g})")
@@ -765,6 +769,9 @@ def export_cmd(
     console.print(table)
     if manifest.get("default_reason"):
         console.print(f"default scenario {manifest['default_reason']}", highlight=False, soft_wrap=True)
+    if manifest.get("localiser"):
+        console.print(f"boxes on likely and suspected images: {manifest['localiser']['name']} "
+                      f"({manifest['localiser']['why']})", highlight=False, soft_wrap=True)
     fusion = manifest.get("fusion")
     if fusion:
         measured = ", ".join(f"{rule} {cv['mean']:.3f} ± {cv['sd']:.3f}" for rule, cv in (fusion.get("cv_auc") or {}).items())

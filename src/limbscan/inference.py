@@ -59,6 +59,8 @@ class Prediction:
     suspected_threshold: float | None = None
     # The input gate's verdict (limbscan.gate); None where nobody asked it (scored as given).
     scope: ScopeVerdict | None = None
+    # Who drew the boxes (limbscan.localise): "detector", "cascade" or "gradcam"; None without boxes.
+    boxes_from: str | None = None
 
     @property
     def in_scope(self) -> bool:
@@ -93,6 +95,7 @@ class Prediction:
             "height": int(self.height),
             "body_part": self.body_part,
             "scope": None if self.scope is None else self.scope.to_json(),
+            "boxes_from": self.boxes_from,
         }
 
 
@@ -306,12 +309,17 @@ class Predictor:
                                       f"could not be scored ({type(err).__name__}: the models cannot take it)")]
         return [r for image in images for r in self._score_safely([image], shown, names, masks, gate)]
 
-    @torch.inference_mode()
     def _score(self, images: list[_Image], shown: str, names: list[str], masks: bool, gate: bool) -> list[Prediction]:
+        from limbscan.localise import localise
+
         verdicts = self.scope([im.original for im in images], [im.meta for im in images], gate)
         threshold, suspected = self.thresholds(shown)
         kept = [(im, v) for im, v in zip(images, verdicts, strict=True) if v.in_scope]
-        scored = iter(self._score_in_scope(kept, shown, names, masks, threshold, suspected))
+        with torch.inference_mode():
+            found = self._score_in_scope(kept, shown, names, masks, threshold, suspected)
+        # Outside inference mode: a Grad-CAM localiser needs gradients.
+        localise(self, [im.original for im, _ in kept], found, masks)
+        scored = iter(found)
         return [next(scored) if v.in_scope else
                 Prediction(file=im.file, scenario=shown, probability=None, threshold=threshold, label=OUT_OF_SCOPE,
                            scores={}, width=im.width, height=im.height, body_part=im.body_part,
@@ -343,6 +351,7 @@ class Predictor:
                 scores={name: float(found[name][i].score) for name in found},
                 detections=detections, width=im.width, height=im.height, body_part=im.body_part,
                 suspected_threshold=suspected, scope=kept[i][1],
+                boxes_from=finding.boxes_from if detections else None,
             ))
         return out
 

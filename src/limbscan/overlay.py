@@ -27,6 +27,7 @@ RED = (255, 0, 0)
 AMBER = (255, 176, 0)
 # Box line per level: None solid, else (on, off) in multiples of the line's width.
 LINE_DASH: dict[str, tuple[int, int] | None] = {LIKELY: None, SUSPECTED: (5, 3), NORMAL: (1, 3)}
+BOXES_FROM = {"detector": "detector", "cascade": "cascade", "gradcam": "Grad-CAM"}
 CAPTION = {LIKELY: ("likely abnormal", RED), SUSPECTED: ("suspected abnormal", AMBER), NORMAL: ("normal", (255, 255, 255))}
 MASK_ALPHA = 0.35  # masks shaded, not painted: the bone under them stays readable
 HEATMAP_ALPHA = 0.6  # at the heatmap's hottest; colder pixels are blended proportionally less
@@ -71,7 +72,8 @@ def _shade_mask(rgb: np.ndarray, mask: np.ndarray, size_wh: tuple[int, int]) -> 
 
 
 def _caption(prediction: Prediction) -> str:
-    return f"{CAPTION[prediction.level][0]} {prediction.probability:.2f} ({prediction.scenario})"
+    boxes = f"; boxes: {BOXES_FROM[prediction.boxes_from]}" if prediction.boxes_from and prediction.detections else ""
+    return f"{CAPTION[prediction.level][0]} {prediction.probability:.2f} ({prediction.scenario}{boxes})"
 
 
 def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: list[int], colour: tuple[int, int, int], width: int,

@@ -59,7 +59,7 @@ DICOM_DIR = "dicom"
 PARTS_DIR = ".parts"
 # New columns go at the end: scripts read the older ones by position.
 WORKLIST_COLUMNS = ("rank", "file", "body_part", "probability", "label", "scenario", "n_detections", "overlay",
-                    "level", "study", "not_analysed_because")
+                    "level", "study", "not_analysed_because", "boxes_from")
 STUDY_COLUMNS = ("rank", "study", "probability", "level", "n_images", "n_scored", "n_out_of_scope", "top_file",
                  "top_overlay", "files")
 _OVERLAY_NAME = re.compile(r"^\d{6,}\.png$")
@@ -245,7 +245,7 @@ def worklist_csv(records: list[dict]) -> str:
         writer.writerow([rank if scored else "", r["file"], r.get("body_part") or "",
                          f"{float(r['probability']):.6f}" if scored else "", r["label"], r["scenario"],
                          len(r.get("detections") or []), r.get("overlay", ""), r["level"], r.get("study") or "",
-                         "" if scored else (r.get("scope") or {}).get("reason", "")])
+                         "" if scored else (r.get("scope") or {}).get("reason", ""), r.get("boxes_from") or ""])
     return buf.getvalue()
 
 

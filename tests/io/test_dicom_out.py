@@ -184,6 +184,16 @@ def test_sr_holds_finding_probability_threshold_and_boxes(tmp_path):
     assert observer.observer_identifying_attributes.model_name == "limbscan 9.8.7"
 
 
+def test_sr_says_whose_boxes_a_whole_image_finding_shows(tmp_path):
+    source = _synthetic_dicom(tmp_path / "in.dcm")
+    pred = {**_prediction(64, 48, n_boxes=2), "scenario": "whole-image", "boxes_from": "detector"}
+    (path,) = dicom_outputs(source, pred, _overlay(48, 64), MANIFEST, tmp_path / "out", kinds=("sr",))
+    texts = [item.TextValue for item in _walk(pydicom.dcmread(path)) if item.get("ValueType") == "TEXT"]
+    assert "scenario=whole-image" in texts and "boxes_from=detector" in texts
+    names = [g.tracking_identifier for g in _report(path).get_planar_roi_measurement_groups()]
+    assert names == ["limbscan detection 1 (detector)", "limbscan detection 2 (detector)"]
+
+
 def _level(report: hd.sr.MeasurementReport) -> hd.sr.CodedConcept:
     (level,) = report.get_image_measurement_groups()[0].get_qualitative_evaluations(name=dicom_out.LEVEL)
     return level.value

@@ -278,7 +278,8 @@ def structured_report(
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uid(f"detection {rank}"), identifier=f"limbscan detection {rank} ({scenario})"
+                    uid=uid(f"detection {rank}"),
+                    identifier=f"limbscan detection {rank} ({prediction.get('boxes_from') or scenario})"
                 ),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -347,6 +348,8 @@ def _uids(seed: str | None, kind: str):
 
 def _algorithm_parameters(prediction: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
     params = [f"scenario={prediction['scenario']}"]
+    if prediction.get("boxes_from") and prediction.get("detections"):
+        params.append(f"boxes_from={prediction['boxes_from']}")
     for key in ("threshold_rule", "suspected_sensitivity", "created", "data_hash"):
         if manifest.get(key):
             params.append(f"bundle {key}={manifest[key]}")

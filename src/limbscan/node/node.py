@@ -35,7 +35,7 @@ log = logging.getLogger("limbscan.node")
 LIVE_ROWS = 500  # results node.json carries for the web page, newest first
 _LIGHT = ("sop_instance_uid", "study_instance_uid", "scenario", "probability", "threshold", "suspected_threshold",
           "label", "level", "scores", "width", "height", "body_part", "received_at", "scored_at", "seconds",
-          "warnings", "error", "status", "study", "scope")
+          "warnings", "error", "status", "study", "scope", "boxes_from")
 
 
 @dataclass

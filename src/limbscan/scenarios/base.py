@@ -67,6 +67,7 @@ class Finding:
     boxes: list[list[float]] = field(default_factory=list)  # XYXY, ORIGINAL pixels, best first
     box_scores: list[float] = field(default_factory=list)  # each box's own score
     detector_boxes: bool = False  # the boxes came from the detector (it can draw their masks)
+    boxes_from: str | None = None  # the scenario whose boxes these are
 
 
 class Batch:

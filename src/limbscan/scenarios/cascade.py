@@ -110,7 +110,7 @@ class CascadeScenario(Scenario):
             mine = sorted((j for j, o in enumerate(owners) if o == i), key=lambda j: -probs[j])
             findings.append(Finding(
                 cascade_score(probs[mine[0]], det_score, self.rule),
-                [boxes[j] for j in mine], [probs[j] for j in mine], detector_boxes=True,
+                [boxes[j] for j in mine], [probs[j] for j in mine], detector_boxes=True, boxes_from=self.name,
             ))
         return findings
 

@@ -29,7 +29,7 @@ class DetectorScenario(Scenario):
 
     def score(self, batch: Batch) -> list[Finding]:
         return [
-            Finding(d.score, d.boxes, d.box_scores, detector_boxes=True)
+            Finding(d.score, d.boxes, d.box_scores, detector_boxes=True, boxes_from=self.name)
             for d in batch.detections(self.detector, 1)
         ]
 

@@ -311,7 +311,7 @@ class FusedScenario(Scenario):
         for p, shown in zip(self.probabilities(scores.reshape(len(batch), len(INPUTS))), found[BOXES_FROM],
                             strict=True):
             findings.append(Finding(float(p), list(shown.boxes), list(shown.box_scores),
-                                    detector_boxes=shown.detector_boxes))
+                                    detector_boxes=shown.detector_boxes, boxes_from=shown.boxes_from))
         return findings
 
     def settings(self) -> dict[str, Any]:

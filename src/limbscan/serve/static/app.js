@@ -13,6 +13,8 @@
   // The levels of limbscan.operating_points, as the worklist's badges say them.
   const LEVEL_TEXT = { likely: "likely abnormal", suspected: "suspected", normal: "normal",
     out_of_scope: "not analysed" };
+  // Who drew an image's boxes (bundle.json "localiser" where its scenario draws none).
+  const BOXES_FROM = { detector: "detector", cascade: "cascade", gradcam: "Grad-CAM of the whole-image model" };
 
   const $ = (id) => document.getElementById(id);
   const items = [];
@@ -334,8 +336,8 @@
       img.src = overlayUrl;
       img.hidden = false;
       $("viewer-caption").textContent = result.detections.length
-        ? "Red: the model’s lesion proposals (thickest: the strongest); solid where likely abnormal, dashed where "
-          + "suspected, dotted below both thresholds."
+        ? `Red: lesion proposals from the ${BOXES_FROM[result.boxes_from] ?? "model"} (thickest: the strongest); `
+          + "solid where likely abnormal, dashed where suspected, dotted below both thresholds."
         : "No lesion proposed.";
     } catch (err) {
       if (selectedKey !== item.key) return;
@@ -361,7 +363,9 @@
     rows.push(["Body part", result.body_part ?? "unknown"]);
     if (result.study_instance_uid) rows.push(["Study Instance UID", result.study_instance_uid]);
     if (result.sop_instance_uid) rows.push(["SOP Instance UID", result.sop_instance_uid]);
-    rows.push(["Lesion proposals", String(result.detections.length)]);
+    rows.push(["Lesion proposals", result.detections.length && result.boxes_from
+      ? `${result.detections.length}, from the ${BOXES_FROM[result.boxes_from] ?? result.boxes_from}`
+      : String(result.detections.length)]);
     rows.push(["Image size", `${result.width} × ${result.height} px`]);
     for (const warning of result.warnings || []) rows.push(["Note", warning]);
     const list = $("details");
