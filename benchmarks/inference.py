@@ -259,8 +259,8 @@ PROFILE_FUNCTIONS = (
     ("  resize_longest (Lanczos)", "limbscan/data/cache.py", "resize_longest"),
     ("detector transform (resize + normalise)", "torchvision/models/detection/transform.py", "forward"),
     ("describe_detections (top-k boxes)", "limbscan/models/detector.py", "describe_detections"),
-    ("cascade crops (crop_box)", "limbscan/data/torchdata.py", "crop_box"),
-    ("letterbox (to the classifier's square)", "limbscan/data/torchdata.py", "letterbox"),
+    ("cascade crops (crop_box)", "limbscan/data/geometry.py", "crop_box"),
+    ("letterbox (to the classifier's square)", "limbscan/data/geometry.py", "letterbox"),
     ("paste_masks_in_image", "torchvision/models/detection/roi_heads.py", "paste_masks_in_image"),
     ("pycocotools RLE encode", "pycocotools/mask.py", "encode"),
 )

@@ -32,7 +32,7 @@ from inference import loadavg, machine_info, write_report  # noqa: E402
 
 from limbscan.config import load_config, stage_config  # noqa: E402
 from limbscan.data.dataset import Dataset  # noqa: E402
-from limbscan.data.torchdata import DetectionDataset, WholeImageDataset, detection_collate  # noqa: E402
+from limbscan.data.datasets import DetectionDataset, WholeImageDataset, detection_collate  # noqa: E402
 from limbscan.models.backbones import set_memory_format  # noqa: E402
 from limbscan.models.classifier import build_classifier  # noqa: E402
 from limbscan.models.detector import build_detector, detector_param_groups  # noqa: E402

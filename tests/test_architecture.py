@@ -180,6 +180,6 @@ def test_one_copy_of_the_detector_pass_and_of_the_cascade_score(what, home):
                for p in _sources()}
     callers = {k: v for k, v in callers.items() if v}
     if home is None:  # THE crop: cut by the cascade and by the training crops, nowhere else
-        assert set(callers) <= {"limbscan/scenarios/cascade.py", "limbscan/data/torchdata.py"}, callers
+        assert set(callers) <= {"limbscan/scenarios/cascade.py", "limbscan/data/datasets.py"}, callers
     else:
         assert set(callers) == {home}, callers

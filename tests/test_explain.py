@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from limbscan.data.torchdata import crop_window, letterbox
+from limbscan.data.geometry import crop_window, letterbox
 from limbscan.errors import LimbscanError
 from limbscan.explain import _unletterbox, gradcam, target_layer
 from limbscan.io import read_image

@@ -3,7 +3,7 @@
 - ``whole-image``: Grad-CAM on the letterboxed image the classifier saw, with the letterbox
   undone and the map brought back to the original pixels.
 - ``cascade``: Grad-CAM on the top crop (the first detection's box, cut by the same
-  :func:`~limbscan.data.torchdata.crop_box` inference uses), pasted back into the crop's window;
+  :func:`~limbscan.data.geometry.crop_box` inference uses), pasted back into the crop's window;
   zero elsewhere, since the classifier saw nothing else.
 - ``detector``: there is no classifier to explain; a :class:`LimbscanError` says so.
 
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from limbscan.data.torchdata import _fit
+from limbscan.data.geometry import fit
 from limbscan.errors import LimbscanError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _cam(classifier: nn.Module, x: torch.Tensor) -> np.ndarray:
 def _unletterbox(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """The part of a letterboxed square map that covers a height x width image (see letterbox)."""
     size = cam.shape[0]
-    nh, nw = _fit(height, width, size)
+    nh, nw = fit(height, width, size)
     top, left = (size - nh) // 2, (size - nw) // 2
     return cam[top : top + nh, left : left + nw]
 

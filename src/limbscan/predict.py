@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 
 from limbscan.analysis import AnalyseOptions, Analyser
-from limbscan.data.torchdata import shard
+from limbscan.data.samplers import shard
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.io import read_image, sniff_format
 from limbscan.operating_points import SUSPECTED

@@ -10,9 +10,9 @@ import pytest
 
 from limbscan.config import Config, add_auxiliary, load_config
 from limbscan.data.dataset import Dataset
+from limbscan.data.datasets import JoinedDataset, WholeImageDataset
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
-from limbscan.data.torchdata import JoinedDataset, WholeImageDataset
 from limbscan.errors import LimbscanError
 from limbscan.train.runner import load_auxiliary, make_stage, prepare, train
 from limbscan.utils.files import sha256_file

@@ -10,9 +10,9 @@ import torch
 
 from limbscan.config import AugmentConfig, Config, load_config, stage_config
 from limbscan.data.augment import PaperAugment
+from limbscan.data.geometry import letterbox, square_input, squash
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
-from limbscan.data.torchdata import letterbox, square_input, squash
 from limbscan.errors import LimbscanError
 from limbscan.models.loading import load_checkpoint
 from limbscan.rundir import RunDir

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 
 from limbscan.config import CascadeScore
 from limbscan.data.dataset import Dataset
-from limbscan.data.torchdata import CropDataset, crop_box, crop_window, join_sources, letterbox
+from limbscan.data.datasets import CropDataset, join_sources
+from limbscan.data.geometry import crop_box, crop_window, letterbox
 from limbscan.errors import LimbscanError
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
@@ -167,7 +168,7 @@ def detector_proposals(
     Under DDP each rank runs its shard and the ranks swap results."""
     from rich.progress import track
 
-    from limbscan.data.torchdata import shard
+    from limbscan.data.samplers import shard
     from limbscan.utils.distributed import all_gather_objects, init_distributed
 
     info = init_distributed()

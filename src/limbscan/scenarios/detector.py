@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from limbscan.data.torchdata import DetectionDataset, detection_collate, join_sources
+from limbscan.data.datasets import DetectionDataset, detection_collate, join_sources
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Finding, ModelStore, Scenario
 from limbscan.scenarios.stage import RunData, paper_augment, train_loader, validate_scenario

@@ -3,7 +3,7 @@ stage's loss, and validation through the scenario's own scoring.
 
 Training data comes in sources (:class:`TrainSource`): the main dataset's train split, then each
 auxiliary dataset whole (``data.auxiliary``). A stage makes one torch dataset per source and
-joins them (:func:`~limbscan.data.torchdata.join_sources`); :func:`train_loader` then draws each
+joins them (:func:`~limbscan.data.datasets.join_sources`); :func:`train_loader` then draws each
 source in its share. Validation, pixel statistics and thresholds come from the main dataset only.
 
 A stage is what :func:`limbscan.train.engine.fit` trains (see its ``Stage`` protocol); each
@@ -29,7 +29,8 @@ from torch.utils.data import Dataset as TorchDataset
 
 from limbscan.config import Config
 from limbscan.data.dataset import DATASET_FILE, Dataset
-from limbscan.data.torchdata import JoinedDataset, ShardedSampler, SourceMixSampler, class_balanced_sampler
+from limbscan.data.datasets import JoinedDataset
+from limbscan.data.samplers import ShardedSampler, SourceMixSampler, class_balanced_sampler
 from limbscan.scenarios.base import Finding, ImageInput, Scenario, score_images
 
 MAIN, AUXILIARY = "main", "auxiliary"  # a training source's role
@@ -139,8 +140,8 @@ def train_loader(
 ) -> DataLoader:
     """One epoch's loader: a function of (seed, epoch, rank) only, so a resumed epoch draws the same batches.
 
-    A :class:`~limbscan.data.torchdata.JoinedDataset` (auxiliary data joined) is drawn by a
-    :class:`~limbscan.data.torchdata.SourceMixSampler`: ``data.auxiliary_share`` of each batch
+    A :class:`~limbscan.data.datasets.JoinedDataset` (auxiliary data joined) is drawn by a
+    :class:`~limbscan.data.samplers.SourceMixSampler`: ``data.auxiliary_share`` of each batch
     auxiliary, classes balanced within each source under ``balance="sampler"``.
     """
     sampler: Sampler[int]

@@ -9,7 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from limbscan.data.torchdata import WholeImageDataset, join_sources, square_input
+from limbscan.data.datasets import WholeImageDataset, join_sources
+from limbscan.data.geometry import square_input
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
 from limbscan.scenarios.stage import ClassifierStage, RunData, train_loader, validate_scenario

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from limbscan.config import Config, check_config, stage_config
 from limbscan.data.cache import build_cache
 from limbscan.data.dataset import Dataset
-from limbscan.data.torchdata import pixel_stats
+from limbscan.data.datasets import pixel_stats
 from limbscan.errors import LimbscanError
 from limbscan.rundir import RunDir
 from limbscan.scenarios import names as scenario_names_in_order

@@ -1,4 +1,4 @@
-"""PyTorch datasets: targets at cached scale, the one crop function, letterboxing, sampling."""
+"""PyTorch datasets: detection targets at cached scale, whole images, crops, joined sources, pixel statistics."""
 
 from __future__ import annotations
 
@@ -13,24 +13,16 @@ from limbscan.config import AugmentConfig
 from limbscan.data.augment import OPS, PaperAugment
 from limbscan.data.cache import load_cached
 from limbscan.data.dataset import DatasetBuilder
-from limbscan.data.synth import synthesize
-from limbscan.data.torchdata import (
+from limbscan.data.datasets import (
     CropDataset,
     DetectionDataset,
     JoinedDataset,
-    ShardedSampler,
-    SourceMixSampler,
     WholeImageDataset,
-    class_balanced_sampler,
-    crop_box,
-    crop_window,
     detection_collate,
     join_sources,
-    letterbox,
     pixel_stats,
-    shard,
-    source_counts,
 )
+from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
 from limbscan.io import read_image
 from limbscan.models.labels import ABNORMAL, NORMAL
@@ -90,80 +82,6 @@ def assert_masks_inside_boxes(target: dict) -> None:
         # Mask pixel i spans [i, i + 1): it must lie within the box, to a pixel of rounding.
         assert xs.min() >= np.floor(x0) - 1 and xs.max() + 1 <= np.ceil(x1) + 1
         assert ys.min() >= np.floor(y0) - 1 and ys.max() + 1 <= np.ceil(y1) + 1
-
-
-# -- letterbox and crop_box ----------------------------------------------------------------
-@pytest.mark.parametrize("hw", [(40, 80), (80, 40), (30, 30)])
-@pytest.mark.parametrize("size", [64, 17])
-def test_letterbox_keeps_aspect_and_pads_with_zero(hw, size):
-    h, w = hw
-    out = letterbox(torch.full((1, h, w), 0.5), size)
-    assert out.shape == (1, size, size) and out.dtype == torch.float32
-    rows = torch.nonzero(out[0].amax(1) > 0).flatten()
-    cols = torch.nonzero(out[0].amax(0) > 0).flatten()
-    content_h, content_w = len(rows), len(cols)
-    assert max(content_h, content_w) == size
-    assert content_w / content_h == pytest.approx(w / h, rel=0.1)
-    # Centred: the padding on either side differs by at most one pixel.
-    assert abs(int(rows[0]) - (size - 1 - int(rows[-1]))) <= 1
-    assert abs(int(cols[0]) - (size - 1 - int(cols[-1]))) <= 1
-    assert out.sum() == pytest.approx(0.5 * content_h * content_w, rel=1e-4)
-
-
-def test_letterbox_enlarges_small_images():
-    out = letterbox(torch.ones(1, 10, 5), 40)
-    assert (out[0] > 0).sum(0).max() == 40  # the long side now fills the square
-
-
-def test_crop_box_sees_the_marked_region():
-    image = torch.zeros(1, 200, 300)
-    image[0, 50:70, 100:140] = 1.0
-    crop = crop_box(image, [100, 50, 140, 70], margin=0.0, size=64)
-    assert crop.shape == (1, 64, 64)
-    content = crop[0][crop[0].amax(1) > 0]
-    assert content.shape[0] == 32  # 40 x 20 box letterboxed: 64 x 32
-    assert content.min() > 0.99
-    # With a margin, the mark sits in the middle and the surroundings are in the crop too.
-    wide = crop_box(image, [100, 50, 140, 70], margin=0.5, size=80)
-    assert wide[0, 40, 40] > 0.99 and wide[0, 25, 5] == 0 and wide[0].max() > 0.99
-
-
-def test_crop_box_keeps_orientation():
-    # Pixel values encode x: a crop must go left to right over the box's own x range.
-    w = 300
-    image = (torch.arange(w, dtype=torch.float32) / w).expand(1, 100, w).clone()
-    crop = crop_box(image, [150, 20, 200, 70], margin=0.0, size=50)
-    row = crop[0, 25]
-    assert torch.all(row[1:] >= row[:-1] - 1e-6)
-    assert row[0] == pytest.approx(150 / w, abs=2 / w) and row[-1] == pytest.approx(199 / w, abs=2 / w)
-
-
-def test_crop_window_margin_clamps_at_borders():
-    assert crop_window([0, 0, 10, 10], (100, 100), margin=0.5) == (0, 0, 15, 15)
-    assert crop_window([90, 80, 100, 100], (100, 100), margin=0.5) == (85, 70, 100, 100)
-    assert crop_window([20, 20, 40, 60], (100, 100), margin=0.25) == (15, 10, 45, 70)
-
-
-def test_crop_window_gives_a_tiny_box_context():
-    x0, y0, x1, y1 = crop_window([50, 50, 52, 51], (100, 100), margin=0.0, min_side=16)
-    assert x1 - x0 >= 16 and y1 - y0 >= 16
-    assert x0 <= 50 and x1 >= 52 and y0 <= 50 and y1 >= 51
-    # Never larger than the image, however small the image.
-    assert crop_window([2, 2, 3, 3], (8, 10), margin=0.0, min_side=16) == (0, 0, 10, 8)
-
-
-@pytest.mark.parametrize(
-    "box, words",
-    [
-        ([200, 200, 220, 220], "outside"),
-        ([100, 40, 101, 41], "outside"),
-        ([10, 10, 5, 20], "XYXY"),
-        ([0, float("nan"), 1, 1], "finite"),
-    ],
-)
-def test_crop_box_rejects_bad_boxes(box, words):
-    with pytest.raises(ValueError, match=words):
-        crop_box(torch.zeros(1, 100, 100), box, margin=0.1, size=32)
 
 
 # -- DetectionDataset ----------------------------------------------------------------------
@@ -341,93 +259,7 @@ def test_crop_dataset_names_the_file_for_a_box_outside_the_image(marked_ds):
         data[0]
 
 
-# -- sampling ------------------------------------------------------------------------------
-def test_sampler_balances_classes():
-    labels = [0] * 90 + [1] * 10
-    sampler = class_balanced_sampler(labels, num_samples=4000, generator=torch.Generator().manual_seed(0))
-    drawn = list(sampler)
-    assert len(drawn) == len(sampler) == 4000
-    share = np.mean([labels[i] for i in drawn])
-    assert 0.45 < share < 0.55
-    assert len(class_balanced_sampler(labels, None, torch.Generator().manual_seed(0))) == 100
-
-
-def test_sampler_is_deterministic_per_seed():
-    labels = [0, 0, 0, 1, 1, 0, 0, 0, 0, 1] * 5
-
-    def draw(seed):
-        return list(class_balanced_sampler(labels, None, torch.Generator().manual_seed(seed)))
-
-    assert draw(7) == draw(7)
-    assert draw(7) != draw(8)
-
-
-def test_sampler_rejects_empty_labels():
-    with pytest.raises(LimbscanError, match="no training labels"):
-        class_balanced_sampler([], None, torch.Generator())
-
-
-@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (7, 3)])
-def test_shards_cover_the_draw_with_equal_counts(n, world):
-    labels = [0] * (n - 2) + [1, 1]
-
-    def base():
-        return class_balanced_sampler(labels, None, torch.Generator().manual_seed(4))
-
-    draw = list(base())
-    shards = [list(ShardedSampler(base(), rank, world)) for rank in range(world)]
-    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(ShardedSampler(base(), 0, world))
-    interleaved = [s[i] for i in range(len(shards[0])) for s in shards]
-    assert interleaved[:n] == draw  # together, exactly the single-process draw (plus wrap-around)
-    assert shard(list(range(5)), 1, 2) == [1, 3, 0]
-    with pytest.raises(ValueError):
-        shard([1, 2], 2, 2)
-
-
 # -- several sources (auxiliary training data) -----------------------------------------------
-def test_source_counts_give_the_share_and_keep_main_draws():
-    assert source_counts([80, 200], None) == [80, 200]  # natural: every item once
-    assert source_counts([80, 200], 0.2) == [80, 20]  # an epoch: as many main draws as main items
-    assert source_counts([75, 10, 30], 0.5) == [75, 19, 56]  # auxiliary draws split by size
-    assert sum(source_counts([75, 10, 30], 0.5)[1:]) == 75
-    assert source_counts([5, 1], 0.001) == [5, 1]  # never no auxiliary draw at all
-    assert source_counts([5, 0], 0.5) == [5, 0]
-    with pytest.raises(LimbscanError, match="main dataset gives no training item"):
-        source_counts([0, 4], 0.5)
-
-
-def _mix(labels, sizes, share, balanced, seed=0):
-    return SourceMixSampler(labels, sizes, share, balanced, torch.Generator().manual_seed(seed))
-
-
-def test_mix_sampler_draws_each_source_in_its_share_classes_balanced_within():
-    # main: 1000 items, 10 % abnormal; auxiliary: 3000 items, 50 % abnormal (1 = abnormal)
-    labels = [1] * 100 + [0] * 900 + [0, 1] * 1500
-    sampler = _mix(labels, [1000, 3000], 0.3, balanced=True)
-    drawn = list(sampler)
-    assert len(drawn) == len(sampler) == 1429  # 1000 / 0.7
-    aux = [i for i in drawn if i >= 1000]
-    assert len(aux) == 429  # exactly the share over the epoch...
-    batches = [drawn[i : i + 16] for i in range(0, len(drawn) - 15, 16)]
-    per_batch = [sum(i >= 1000 for i in b) / 16 for b in batches]
-    assert 0.2 < float(np.mean(per_batch[:40])) < 0.4  # ... and about it in batches, in a random order
-    main = [labels[i] for i in drawn if i < 1000]
-    assert 0.4 < float(np.mean(main)) < 0.6  # main's 10 % abnormal balanced within main
-    assert drawn == list(_mix(labels, [1000, 3000], 0.3, balanced=True))  # a function of the seed
-    assert drawn != list(_mix(labels, [1000, 3000], 0.3, balanced=True, seed=1))
-
-
-def test_mix_sampler_unbalanced_natural_share_is_a_shuffle():
-    labels = [0] * 7 + [1] * 5
-    drawn = list(_mix(labels, [7, 5], None, balanced=False))
-    assert sorted(drawn) == list(range(12)) and drawn != list(range(12))
-    more = list(_mix(labels, [7, 5], 0.75, balanced=False))  # 21 draws: auxiliary passes repeated
-    assert len(more) == 28 and sorted(i for i in more if i < 7) == list(range(7))
-    assert sorted(more.count(i) for i in range(7, 12)) == [4, 4, 4, 4, 5]  # whole passes first
-    with pytest.raises(ValueError, match="do not add up"):
-        _mix(labels, [7, 6], None, balanced=False)
-
-
 def test_join_sources_keeps_one_source_as_it_is(synth_ds):
     one = WholeImageDataset(synth_ds, synth_ds.images, CACHE_SIDE, 64)
     assert join_sources([one]) is one
