@@ -17,7 +17,7 @@ the JSON for reference.
 
 Default run (under 5 minutes on 2 idle cores)::
 
-    .venv/bin/python benchmarks/inference.py --bundle model.limbscan \\
+    .venv/bin/python -m benchmarks.inference --bundle model.limbscan \\
         --fracatlas ../shared/data/fracatlas-lowerlimb --out benchmarks/results/inference.json
 
 On a CPU shared with other work, measure with ``--env OMP_WAIT_POLICY=PASSIVE`` or
@@ -28,7 +28,7 @@ cascade at 2 threads ran 0.17 images/s plain, 4.1 with PASSIVE). ``loadavg_start
 
 Where the time goes (cProfile + torch.profiler + per-module timers, cascade at batch 1)::
 
-    .venv/bin/python benchmarks/inference.py --bundle model.limbscan --fracatlas ... \\
+    .venv/bin/python -m benchmarks.inference --bundle model.limbscan --fracatlas ... \\
         --profile --skip-timing --out /tmp/profile.json
 """
 
@@ -37,21 +37,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import (
+    TORCHVISION,
+    command,
+    console,
+    last_json_line,
+    loadavg,
+    machine_info,
+    memory,
+    run_module,
+    set_threads,
+    status_mb,
+    write_report,
+)
+from benchmarks.inference_profile import print_profile, profile_limbscan
 from limbscan.scenarios import default_scenario, names
 
 SCENARIOS = names()  # the registered scenarios (torch-free table)
 FORMATS = ("jpeg", "dicom")
-TORCHVISION = "torchvision-maskrcnn_resnet50_fpn"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -118,29 +129,6 @@ def write_dicoms(jpegs: Sequence[Path], folder: Path) -> list[Path]:
 
 
 # -- measurements, each in its own process ---------------------------------------------------
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _memory() -> dict[str, float]:
-    import resource
-
-    return {
-        "peak_rss_mb": round(_status_mb("VmHWM"), 1),
-        "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def measure_limbscan(spec: dict) -> dict:
     """Load the bundle, warm up on one image, time ``iter_predict`` over every path.
 
@@ -149,7 +137,7 @@ def measure_limbscan(spec: dict) -> dict:
     included (6.6 MB per mask on a 2304 x 2880 radiograph), and the peak would then measure the
     list the caller chose to keep rather than the inference.
     """
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     start = time.perf_counter()
     import limbscan.inference as inference
 
@@ -159,7 +147,7 @@ def measure_limbscan(spec: dict) -> dict:
     kwargs = {"scenario": spec["scenario"], "batch_size": spec["batch"], "masks": spec["masks"],
               "gate": spec.get("gate", True)}
     model.predict(paths[:1], **kwargs)
-    rss_warm = _status_mb("VmRSS")
+    rss_warm = status_mb("VmRSS")
     probabilities = []
     start = time.perf_counter()
     for path, result in model.iter_predict(paths, **kwargs):
@@ -175,13 +163,13 @@ def measure_limbscan(spec: dict) -> dict:
         "load_s": round(load_s, 2),
         "rss_after_warmup_mb": round(rss_warm, 1),
         "probabilities": [None if p is None else round(float(p), 5) for p in probabilities],
-        **_memory(),
+        **memory(),
     }
 
 
 def measure_gate(spec: dict) -> dict:
     """The input gate alone, as predict asks it: read each file, its header, then its pixels."""
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     from limbscan.gate.model import PixelGate, judge_files
 
     start = time.perf_counter()
@@ -192,7 +180,7 @@ def measure_gate(spec: dict) -> dict:
     verdicts = judge_files(gate, spec["paths"])
     seconds = time.perf_counter() - start
     return {"images": len(spec["paths"]), "seconds": seconds, "load_s": round(load_s, 2),
-            "in_scope": sum(bool(v and v.in_scope) for v in verdicts), **_memory()}
+            "in_scope": sum(bool(v and v.in_scope) for v in verdicts), **memory()}
 
 
 def _torchvision_reader(fmt: str) -> Callable[[str], Any]:
@@ -218,7 +206,7 @@ def _torchvision_reader(fmt: str) -> Callable[[str], Any]:
 
 def measure_torchvision(spec: dict) -> dict:
     """torchvision's Mask R-CNN at its defaults (min_size 800, max_size 1333), random weights."""
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -232,7 +220,7 @@ def measure_torchvision(spec: dict) -> dict:
     detections = []
     with torch.inference_mode():
         model([read(paths[0])])
-        rss_warm = _status_mb("VmRSS")
+        rss_warm = status_mb("VmRSS")
         start = time.perf_counter()
         for i in range(0, len(paths), batch):
             detections += [len(out["boxes"]) for out in model([read(p) for p in paths[i : i + batch]])]
@@ -245,193 +233,7 @@ def measure_torchvision(spec: dict) -> dict:
         "detections_per_image": round(sum(detections) / len(detections), 1),
         "load_s": round(load_s, 2),
         "rss_after_warmup_mb": round(rss_warm, 1),
-        **_memory(),
-    }
-
-
-# -- profile ---------------------------------------------------------------------------------
-# (label, file suffix, function) from cProfile: the pure-Python and library steps around the nets.
-PROFILE_FUNCTIONS = (
-    ("read_image (decode + grey)", "limbscan/io/images.py", "read_image"),
-    ("  PIL decode (ImageFile.load)", "PIL/ImageFile.py", "load"),
-    ("  DICOM read_dicom", "limbscan/io/dicom.py", "read_dicom"),
-    ("preprocess (as_cached: resize + quantise)", "limbscan/data/cache.py", "as_cached"),
-    ("  resize_longest (Lanczos)", "limbscan/data/cache.py", "resize_longest"),
-    ("detector transform (resize + normalise)", "torchvision/models/detection/transform.py", "forward"),
-    ("describe_detections (top-k boxes)", "limbscan/models/detector.py", "describe_detections"),
-    ("cascade crops (crop_box)", "limbscan/data/torchdata.py", "crop_box"),
-    ("letterbox (to the classifier's square)", "limbscan/data/torchdata.py", "letterbox"),
-    ("paste_masks_in_image", "torchvision/models/detection/roi_heads.py", "paste_masks_in_image"),
-    ("pycocotools RLE encode", "pycocotools/mask.py", "encode"),
-)
-# Submodules of a torchvision detector timed by forward hooks (inclusive wall time).
-DETECTOR_PARTS = (
-    ("transform", "detector transform"),
-    ("backbone", "detector backbone + FPN"),
-    ("rpn", "RPN"),
-    ("roi_heads", "RoI heads (box + mask)"),
-    ("roi_heads.box_roi_pool", "  box RoIAlign"),
-    ("roi_heads.box_head", "  box head"),
-    ("roi_heads.mask_roi_pool", "  mask RoIAlign"),
-    ("roi_heads.mask_head", "  mask head"),
-    ("roi_heads.mask_predictor", "  mask predictor"),
-)
-
-
-def _find_modules(predictor: Any) -> dict[str, Any]:
-    """The ``torch.nn.Module``s of the predictor's scenarios (their ``detector`` and
-    ``classifier``), each once, named by scenario; the detector the cascade shares is timed once."""
-    import torch
-
-    found: dict[str, Any] = {}
-    for name in predictor.scenarios:
-        scenario = predictor.scenario(name)
-        for attr in ("detector", "classifier"):
-            sub = getattr(scenario, attr, None)
-            if isinstance(sub, torch.nn.Module) and all(sub is not seen for seen in found.values()):
-                found[f"{name}.{attr}"] = sub
-    return found
-
-
-class _ModuleTimers:
-    """Inclusive wall time of chosen modules' forward calls, via pre/post forward hooks."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._handles: list[Any] = []
-
-    def add(self, module: Any, label: str) -> None:
-        started: list[float] = []
-
-        def pre(*_: Any) -> None:
-            started.append(time.perf_counter())
-
-        def post(*_: Any) -> None:
-            self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started.pop()
-            self.calls[label] = self.calls.get(label, 0) + 1
-
-        self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def _attach_timers(model: Any) -> _ModuleTimers:
-    timers = _ModuleTimers()
-    for name, module in _find_modules(model).items():
-        if all(hasattr(module, part) for part in ("backbone", "rpn", "roi_heads")):
-            for path, label in DETECTOR_PARTS:
-                sub: Any = module
-                for attr in path.split("."):
-                    sub = getattr(sub, attr, None)
-                if sub is not None:
-                    timers.add(sub, label)
-        else:
-            timers.add(module, f"classifier ({name.split('.')[0]})")
-    return timers
-
-
-def _pstats_rows(stats: Any) -> tuple[list[dict], list[dict]]:
-    """(named steps, top functions by cumulative time) from a ``pstats.Stats``."""
-    steps = []
-    for label, suffix, func in PROFILE_FUNCTIONS:
-        hits = [(v[1], v[3]) for (file, _, name), v in stats.stats.items() if name == func and file.endswith(suffix)]
-        if hits:
-            steps.append({"step": label, "calls": sum(h[0] for h in hits), "seconds": sum(h[1] for h in hits)})
-    top = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)
-    functions = []
-    for (file, line, name), (_, ncalls, tottime, cumtime, _) in top:
-        if name.startswith("<") or "_call_impl" in name or "_wrapped_call_impl" in name:
-            continue  # module dispatch / built-in wrappers: they repeat their callee's time
-        functions.append(
-            {
-                "function": f"{_short(file)}:{line}({name})",
-                "calls": ncalls,
-                "tottime_s": round(tottime, 3),
-                "cumtime_s": round(cumtime, 3),
-            }
-        )
-        if len(functions) == 30:
-            break
-    return steps, functions
-
-
-def _short(file: str) -> str:
-    for marker in ("site-packages/", "src/"):
-        if marker in file:
-            return file.split(marker, 1)[1]
-    return file
-
-
-def profile_limbscan(spec: dict) -> dict:
-    """Where the time of one scenario at batch 1 goes: Python steps, modules, torch operators."""
-    import cProfile
-    import pstats
-
-    _set_threads(spec["threads"])
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    import limbscan.inference as inference
-
-    model = inference.load(spec["bundle"], runtime=spec.get("runtime", "torch"))
-    paths = spec["paths"]
-    kwargs = {"scenario": spec["scenario"], "batch_size": 1, "masks": spec["masks"]}
-    model.predict(paths[:1], **kwargs)  # warm-up; also loads any lazily built stage
-
-    # 1. Plain wall time with per-module timers (hooks cost microseconds).
-    timers = _attach_timers(model)
-    start = time.perf_counter()
-    model.predict(paths, **kwargs)
-    wall = time.perf_counter() - start
-    timers.remove()
-    modules = [
-        {"part": k, "calls": timers.calls[k], "seconds": round(v, 3), "share": round(v / wall, 3)}
-        for k, v in timers.seconds.items()
-    ]
-
-    # 2. cProfile: the Python-level steps (decode, resize, mask paste) the nets sit between.
-    prof = cProfile.Profile()
-    prof.enable()
-    model.predict(paths, **kwargs)
-    prof.disable()
-    stats = pstats.Stats(prof)
-    steps, functions = _pstats_rows(stats)
-    cprofile_total = sum(v[2] for v in stats.stats.values())  # sum of tottime = the profiled wall
-    for step in steps:
-        step["share"] = round(step["seconds"] / cprofile_total, 3)
-        step["seconds"] = round(step["seconds"], 3)
-
-    # 3. torch.profiler: which operators the nets spend it in.
-    with profile(activities=[ProfilerActivity.CPU]) as tprof:
-        model.predict(paths, **kwargs)
-    averages = tprof.key_averages()
-    ops = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]
-    op_total = sum(e.self_cpu_time_total for e in averages) or 1.0
-    top_ops = [
-        {
-            "op": e.key,
-            "calls": e.count,
-            "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3),
-            "share": round(e.self_cpu_time_total / op_total, 3),
-        }
-        for e in ops
-    ]
-    return {
-        "scenario": spec["scenario"],
-        "masks": spec["masks"],
-        "images": len(paths),
-        "threads": torch.get_num_threads(),
-        "wall_s": round(wall, 3),
-        "images_per_s": round(len(paths) / wall, 3),
-        "modules": modules,
-        "steps": steps,
-        "cprofile_total_s": round(cprofile_total, 3),
-        "top_functions": functions,
-        "top_ops": top_ops,
-        **_memory(),
+        **memory(),
     }
 
 
@@ -444,15 +246,9 @@ def run_child(spec: dict, workdir: Path, timeout: float, extra_env: dict[str, st
     spec_file = Path(tempfile.mkstemp(suffix=".json", dir=workdir)[1])
     spec_file.write_text(json.dumps(spec))
     threads = str(spec["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(extra_env or {})}
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(extra_env or {})}
     try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", str(spec_file)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-        )
+        done = run_module(__spec__.name, ["--child", str(spec_file)], env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     finally:
@@ -460,44 +256,7 @@ def run_child(spec: dict, workdir: Path, timeout: float, extra_env: dict[str, st
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
         return {"error": lines[-1] if lines else f"exit status {done.returncode}", "stderr_tail": lines[-15:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# -- report ----------------------------------------------------------------------------------
-def machine_info(threads: int) -> dict:
-    import torch
-    import torchvision
-
-    import limbscan
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
-        "threads": threads,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "limbscan": limbscan.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def write_report(out: Path, report: dict) -> dict:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
-    return report
+    return last_json_line(done.stdout)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -536,30 +295,12 @@ def add_ratios(rows: list[dict]) -> None:
             r["max_abs_diff_vs_batch1"] = d
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    console = Console()
-    # piped into a log, rich assumes 80 columns and elides the cells that matter
-    return console if console.is_terminal else Console(width=160)
-
-
 def print_rows(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="inference: images/s end to end (read + preprocess + model)")
-    for col in (
-        "scenario",
-        "format",
-        "batch",
-        "masks",
-        "gate",
-        "images",
-        "seconds",
-        "images/s",
-        "peak RSS MB",
-        "x torchvision",
-    ):
+    for col in ("scenario", "format", "batch", "masks", "gate", "images", "seconds", "images/s", "peak RSS MB",
+                "x torchvision"):
         table.add_column(col, justify="left" if col in ("scenario", "format") else "right")
     for r in rows:
         name = "torchvision" if r["scenario"] == TORCHVISION else r["scenario"]
@@ -567,44 +308,11 @@ def print_rows(rows: list[dict]) -> None:
             table.add_row(name, r["format"], str(r["batch"]), "", "", "", "", f"[red]{r['error'][:60]}", "", "")
             continue
         table.add_row(
-            name,
-            r["format"],
-            str(r["batch"]),
-            "" if r.get("masks") is None else str(r["masks"]),
-            "" if r.get("gate") is None else str(r["gate"]),
-            str(r["images"]),
-            f"{r['seconds']:.2f}",
-            f"{r['images_per_s']:.2f}",
-            f"{r['peak_rss_mb']:.0f}",
-            "" if r.get("ratio_vs_torchvision") is None else f"{r['ratio_vs_torchvision']:.1f}",
-        )
-    _console().print(table)
-
-
-def print_profile(p: dict) -> None:
-    from rich.table import Table
-
-    console = _console()
-    if "error" in p:
-        console.print(f"[red]profile failed: {p['error']}")
-        return
-    console.print(
-        f"profile: {p['scenario']} at batch 1, masks={p['masks']}, {p['images']} images, "
-        f"{p['threads']} threads: {p['wall_s']:.2f} s ({p['images_per_s']:.2f} images/s), "
-        f"peak RSS {p['peak_rss_mb']:.0f} MB"
-    )
-    for title, key, cols in (
-        ("modules (forward hooks, inclusive wall time)", "modules", ("part", "calls", "seconds", "share")),
-        ("steps (cProfile cumulative; shares of the cProfile'd total)", "steps", ("step", "calls", "seconds", "share")),
-        ("top functions (cProfile cumulative)", "top_functions", ("function", "calls", "tottime_s", "cumtime_s")),
-        ("top torch operators (self CPU)", "top_ops", ("op", "calls", "self_cpu_s", "share")),
-    ):
-        table = Table(title=title)
-        for col in cols:
-            table.add_column(col, justify="left" if col in ("part", "step", "function", "op") else "right")
-        for row in p[key]:
-            table.add_row(*(str(row[c]) for c in cols))
-        console.print(table)
+            name, r["format"], str(r["batch"]), "" if r.get("masks") is None else str(r["masks"]),
+            "" if r.get("gate") is None else str(r["gate"]), str(r["images"]), f"{r['seconds']:.2f}",
+            f"{r['images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
+            "" if r.get("ratio_vs_torchvision") is None else f"{r['ratio_vs_torchvision']:.1f}")
+    console().print(table)
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -629,40 +337,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scenarios", type=lambda s: s.split(","), help="default: every scenario in the bundle")
     ap.add_argument("--formats", type=lambda s: s.split(","), default=list(FORMATS))
-    ap.add_argument(
-        "--masks",
-        choices=("on", "off", "both"),
-        default="on",
-        help="predict masks (on), boxes only (off), or measure both",
-    )
-    ap.add_argument(
-        "--runtime",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="limbscan.load's runtime for the classifiers (onnx: the bundle must hold ONNX files)",
-    )
+    ap.add_argument("--masks", choices=("on", "off", "both"), default="on",
+                    help="predict masks (on), boxes only (off), or measure both")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                    help="limbscan.load's runtime for the classifiers (onnx: the bundle must hold ONNX files)")
     ap.add_argument("--torchvision-n", type=int, default=8, help="images timed for torchvision (~3.5 s each)")
     ap.add_argument("--torchvision-batch", type=int, default=0, help="also time torchvision at this batch size")
     ap.add_argument("--no-torchvision", action="store_true")
-    ap.add_argument(
-        "--torchvision-size",
-        type=_ints,
-        default=[800, 1333],
-        metavar="MIN,MAX",
-        help="torchvision's min_size,max_size; anything but its defaults only for smoke tests",
-    )
+    ap.add_argument("--torchvision-size", type=_ints, default=[800, 1333], metavar="MIN,MAX",
+                    help="torchvision's min_size,max_size; anything but its defaults only for smoke tests")
     ap.add_argument("--profile", action="store_true", help="also profile one scenario at batch 1")
     ap.add_argument("--profile-n", type=int, default=6, help="images in the profile")
     ap.add_argument("--profile-scenario", default=None, help="default: cascade, else the bundle's first")
     ap.add_argument("--skip-timing", action="store_true", help="with --profile: profile only")
     ap.add_argument("--quick", action="store_true", help="3 images, 1 torchvision image: a smoke test")
-    ap.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set in every measured process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
-    )
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in every measured process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     ap.add_argument("--child-timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
@@ -696,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     work = Path(tempfile.mkdtemp(prefix="limbscan-bench-inference-"))
     report: dict[str, Any] = {
         "benchmark": "inference",
-        "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])]),
+        "command": command(__spec__.name, argv),
         "machine": machine_info(args.threads),
         "loadavg_start": loadavg(),
         "bundle": args.bundle.name,
@@ -742,34 +432,18 @@ def main(argv: list[str] | None = None) -> dict | None:
                 if not args.no_torchvision:
                     paths = inputs[fmt][: args.torchvision_n]
                     for batch in sorted({1, args.torchvision_batch} - {0}):
-                        measure(
-                            {
-                                "kind": "torchvision",
-                                "paths": paths,
-                                "format": fmt,
-                                "batch": batch,
-                                "size": args.torchvision_size,
-                            },
-                            {"scenario": TORCHVISION, "format": fmt, "batch": batch, "masks": True},
-                        )
+                        measure({"kind": "torchvision", "paths": paths, "format": fmt, "batch": batch,
+                                 "size": args.torchvision_size},
+                                {"scenario": TORCHVISION, "format": fmt, "batch": batch, "masks": True})
                 for scenario in scenarios:
                     for batch in args.batch_sizes:
                         for with_masks in masks:
                             if scenario == "whole-image" and not with_masks and True in masks:
                                 continue  # no masks in that scenario: the row would repeat
-                            measure(
-                                {
-                                    "kind": "limbscan",
-                                    "bundle": str(args.bundle),
-                                    "paths": inputs[fmt],
-                                    "scenario": scenario,
-                                    "batch": batch,
-                                    "masks": with_masks,
-                                    "runtime": args.runtime,
-                                },
-                                {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks,
-                                 "gate": True},
-                            )
+                            measure({"kind": "limbscan", "bundle": str(args.bundle), "paths": inputs[fmt],
+                                     "scenario": scenario, "batch": batch, "masks": with_masks, "runtime": args.runtime},
+                                    {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks,
+                                     "gate": True})
                 # The gate's cost: the default scenario without it, and the gate alone, in the same run.
                 default = default_scenario(scenarios)
                 measure({"kind": "limbscan", "bundle": str(args.bundle), "paths": inputs[fmt], "scenario": default,
