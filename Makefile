@@ -43,20 +43,20 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 bench-ingest: install
-	$(BIN)/python benchmarks/ingest.py --out benchmarks/results/ingest.json
+	$(BIN)/python -m benchmarks.ingest --out benchmarks/results/ingest.json
 
 # Images/s and peak memory of each scenario on FracAtlas JPEGs and DICOM, beside torchvision's
 # maskrcnn_resnet50_fpn in the same run; needs the bundle `make bench` writes.
 bench-inference: install
 	test -f $(BENCH)/out/model.limbscan/bundle.json || (echo "no bundle at $(BENCH)/out/model.limbscan: run make bench first" && exit 1)
-	$(BIN)/python benchmarks/inference.py --bundle $(BENCH)/out/model.limbscan --fracatlas $(FRACATLAS) \
+	$(BIN)/python -m benchmarks.inference --bundle $(BENCH)/out/model.limbscan --fracatlas $(FRACATLAS) \
 		--out benchmarks/results/inference.json
 
 # Training images/s of each network, channels-last against contiguous, beside torchvision's
 # maskrcnn_resnet50_fpn in the same run; needs the dataset `make bench` imports.
 bench-train: install
 	test -f $(BENCH)/fracatlas/dataset.json || (echo "no dataset at $(BENCH)/fracatlas: run make bench first" && exit 1)
-	$(BIN)/python benchmarks/train_speed.py $(BENCH)/fracatlas --out benchmarks/results/train_speed.json
+	$(BIN)/python -m benchmarks.train_speed $(BENCH)/fracatlas --out benchmarks/results/train_speed.json
 
 clean:
 	rm -rf $(DEMO) $(BENCH) .pytest_cache

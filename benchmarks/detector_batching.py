@@ -3,7 +3,7 @@ every scorer runs) against two images per forward padded to the larger one (what
 validation and the cascade's proposals ran before the scenario redesign), images paired in split
 order as a DataLoader without shuffling paired them.
 
-    .venv/bin/python benchmarks/detector_batching.py bench/out/run bench/fracatlas \\
+    .venv/bin/python -m benchmarks.detector_batching bench/out/run bench/fracatlas \\
         --out benchmarks/results/detector_batching.json
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from benchmarks._common import write_report
 from limbscan.data.dataset import Dataset
 from limbscan.models.detector import describe_detections
 from limbscan.models.loading import cache_side, load_checkpoint, load_detector
@@ -35,12 +36,12 @@ def scores(detector, inputs: list[ImageInput], per_forward: int) -> tuple[list[f
     return found, tops
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="run or bundle folder with detector/best.pt")
     ap.add_argument("dataset", type=Path, help="the dataset it was trained on (its val split is scored)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detector_batching.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     path = RunDir(args.run).best("detector")
     ckpt = load_checkpoint(path)
     detector = load_detector(path, ckpt)
@@ -58,9 +59,8 @@ def main() -> None:
         "max_score_change": float(change.max()), "mean_score_change": float(change.mean()),
         "images_whose_top_box_moved": sum(1 for a, b in zip(one_tops, two_tops, strict=True) if a != b),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
+    return write_report(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Every image is a copy of one source (default: pydicom-data's RG3_UNCR, a 1760 x 
 (``apt-get install orthanc orthanc-dicomweb dcmtk``); the node's whole folder, Orthanc's storage
 and the JSON's ``loadavg`` are kept for inspection::
 
-    .venv/bin/python benchmarks/dicom_node.py --bundle model.limbscan --images 40 --senders 1,4 \\
+    .venv/bin/python -m benchmarks.dicom_node --bundle model.limbscan --images 40 --senders 1,4 \\
         --out benchmarks/results/dicom_node.json
 """
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -36,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import command, loadavg, machine_info, write_report
 
 
 def _free_port() -> int:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="limbscan-node-bench-"))
     model = limbscan.load(args.bundle)
     images = make_images(Path(source), args.images, work / "images")
-    loadavg_start = os.getloadavg()
+    start = loadavg()
     rows = []
     if args.paced:
         rows.append(run_once(model, images[: args.paced], 1, work / "paced", paced=True))
@@ -179,20 +179,17 @@ def main(argv: list[str] | None = None) -> None:
               f"p95 {row['latency_s']['p95']} s", flush=True)
     result = {
         "what": "C-STORE received by limbscan listen -> scored -> SR + SC stored in Orthanc by C-STORE",
-        "bundle": str(args.bundle), "default_scenario": model.default_scenario,
-        "source": Path(source).name, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                 "processor": platform.processor()},
-        "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(), "work": str(work), "runs": rows,
+        "command": command(__spec__.name, argv), "bundle": str(args.bundle),
+        "default_scenario": model.default_scenario, "source": Path(source).name, "machine": machine_info(),
+        "loadavg_start": start, "loadavg_end": loadavg(), "work": str(work), "runs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
     print("| senders | images | images/s | latency mean | p50 | p95 | max | scoring per image |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         lat = r["latency_s"]
         print(f"| {r['senders']} | {r['images']} | {r['images_per_second']} | {lat['mean']} s | {lat['p50']} s | "
               f"{lat['p95']} s | {lat['max']} s | {r['scoring_s_mean']} s |")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

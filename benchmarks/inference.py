@@ -17,7 +17,7 @@ the JSON for reference.
 
 Default run (under 5 minutes on 2 idle cores)::
 
-    .venv/bin/python benchmarks/inference.py --bundle model.limbscan \\
+    .venv/bin/python -m benchmarks.inference --bundle model.limbscan \\
         --fracatlas ../shared/data/fracatlas-lowerlimb --out benchmarks/results/inference.json
 
 On a CPU shared with other work, measure with ``--env OMP_WAIT_POLICY=PASSIVE`` or
@@ -28,7 +28,7 @@ cascade at 2 threads ran 0.17 images/s plain, 4.1 with PASSIVE). ``loadavg_start
 
 Where the time goes (cProfile + torch.profiler + per-module timers, cascade at batch 1)::
 
-    .venv/bin/python benchmarks/inference.py --bundle model.limbscan --fracatlas ... \\
+    .venv/bin/python -m benchmarks.inference --bundle model.limbscan --fracatlas ... \\
         --profile --skip-timing --out /tmp/profile.json
 """
 
@@ -37,21 +37,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import (
+    TORCHVISION,
+    command,
+    console,
+    last_json_line,
+    loadavg,
+    machine_info,
+    memory,
+    run_module,
+    set_threads,
+    status_mb,
+    write_report,
+)
+from benchmarks.inference_profile import print_profile, profile_limbscan
 from limbscan.scenarios import default_scenario, names
 
 SCENARIOS = names()  # the registered scenarios (torch-free table)
 FORMATS = ("jpeg", "dicom")
-TORCHVISION = "torchvision-maskrcnn_resnet50_fpn"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -118,29 +129,6 @@ def write_dicoms(jpegs: Sequence[Path], folder: Path) -> list[Path]:
 
 
 # -- measurements, each in its own process ---------------------------------------------------
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _memory() -> dict[str, float]:
-    import resource
-
-    return {
-        "peak_rss_mb": round(_status_mb("VmHWM"), 1),
-        "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def measure_limbscan(spec: dict) -> dict:
     """Load the bundle, warm up on one image, time ``iter_predict`` over every path.
 
@@ -149,7 +137,7 @@ def measure_limbscan(spec: dict) -> dict:
     included (6.6 MB per mask on a 2304 x 2880 radiograph), and the peak would then measure the
     list the caller chose to keep rather than the inference.
     """
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     start = time.perf_counter()
     import limbscan.inference as inference
 
@@ -159,7 +147,7 @@ def measure_limbscan(spec: dict) -> dict:
     kwargs = {"scenario": spec["scenario"], "batch_size": spec["batch"], "masks": spec["masks"],
               "gate": spec.get("gate", True)}
     model.predict(paths[:1], **kwargs)
-    rss_warm = _status_mb("VmRSS")
+    rss_warm = status_mb("VmRSS")
     probabilities = []
     start = time.perf_counter()
     for path, result in model.iter_predict(paths, **kwargs):
@@ -175,13 +163,13 @@ def measure_limbscan(spec: dict) -> dict:
         "load_s": round(load_s, 2),
         "rss_after_warmup_mb": round(rss_warm, 1),
         "probabilities": [None if p is None else round(float(p), 5) for p in probabilities],
-        **_memory(),
+        **memory(),
     }
 
 
 def measure_gate(spec: dict) -> dict:
     """The input gate alone, as predict asks it: read each file, its header, then its pixels."""
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     from limbscan.gate.model import PixelGate, judge_files
 
     start = time.perf_counter()
@@ -192,7 +180,7 @@ def measure_gate(spec: dict) -> dict:
     verdicts = judge_files(gate, spec["paths"])
     seconds = time.perf_counter() - start
     return {"images": len(spec["paths"]), "seconds": seconds, "load_s": round(load_s, 2),
-            "in_scope": sum(bool(v and v.in_scope) for v in verdicts), **_memory()}
+            "in_scope": sum(bool(v and v.in_scope) for v in verdicts), **memory()}
 
 
 def _torchvision_reader(fmt: str) -> Callable[[str], Any]:
@@ -218,7 +206,7 @@ def _torchvision_reader(fmt: str) -> Callable[[str], Any]:
 
 def measure_torchvision(spec: dict) -> dict:
     """torchvision's Mask R-CNN at its defaults (min_size 800, max_size 1333), random weights."""
-    _set_threads(spec["threads"])
+    set_threads(spec["threads"])
     import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -232,7 +220,7 @@ def measure_torchvision(spec: dict) -> dict:
     detections = []
     with torch.inference_mode():
         model([read(paths[0])])
-        rss_warm = _status_mb("VmRSS")
+        rss_warm = status_mb("VmRSS")
         start = time.perf_counter()
         for i in range(0, len(paths), batch):
             detections += [len(out["boxes"]) for out in model([read(p) for p in paths[i : i + batch]])]
@@ -245,6 +233,7 @@ def measure_torchvision(spec: dict) -> dict:
         "detections_per_image": round(sum(detections) / len(detections), 1),
         "load_s": round(load_s, 2),
         "rss_after_warmup_mb": round(rss_warm, 1),
+<<<<<<< HEAD
         **_memory(),
     }
 
@@ -432,6 +421,9 @@ def profile_limbscan(spec: dict) -> dict:
         "top_functions": functions,
         "top_ops": top_ops,
         **_memory(),
+=======
+        **memory(),
+>>>>>>> i24-bench
     }
 
 
@@ -444,15 +436,9 @@ def run_child(spec: dict, workdir: Path, timeout: float, extra_env: dict[str, st
     spec_file = Path(tempfile.mkstemp(suffix=".json", dir=workdir)[1])
     spec_file.write_text(json.dumps(spec))
     threads = str(spec["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(extra_env or {})}
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(extra_env or {})}
     try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", str(spec_file)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-        )
+        done = run_module(__spec__.name, ["--child", str(spec_file)], env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     finally:
@@ -460,44 +446,7 @@ def run_child(spec: dict, workdir: Path, timeout: float, extra_env: dict[str, st
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
         return {"error": lines[-1] if lines else f"exit status {done.returncode}", "stderr_tail": lines[-15:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# -- report ----------------------------------------------------------------------------------
-def machine_info(threads: int) -> dict:
-    import torch
-    import torchvision
-
-    import limbscan
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
-        "threads": threads,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "limbscan": limbscan.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def write_report(out: Path, report: dict) -> dict:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
-    return report
+    return last_json_line(done.stdout)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -536,30 +485,12 @@ def add_ratios(rows: list[dict]) -> None:
             r["max_abs_diff_vs_batch1"] = d
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    console = Console()
-    # piped into a log, rich assumes 80 columns and elides the cells that matter
-    return console if console.is_terminal else Console(width=160)
-
-
 def print_rows(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="inference: images/s end to end (read + preprocess + model)")
-    for col in (
-        "scenario",
-        "format",
-        "batch",
-        "masks",
-        "gate",
-        "images",
-        "seconds",
-        "images/s",
-        "peak RSS MB",
-        "x torchvision",
-    ):
+    for col in ("scenario", "format", "batch", "masks", "gate", "images", "seconds", "images/s", "peak RSS MB",
+                "x torchvision"):
         table.add_column(col, justify="left" if col in ("scenario", "format") else "right")
     for r in rows:
         name = "torchvision" if r["scenario"] == TORCHVISION else r["scenario"]
@@ -567,44 +498,11 @@ def print_rows(rows: list[dict]) -> None:
             table.add_row(name, r["format"], str(r["batch"]), "", "", "", "", f"[red]{r['error'][:60]}", "", "")
             continue
         table.add_row(
-            name,
-            r["format"],
-            str(r["batch"]),
-            "" if r.get("masks") is None else str(r["masks"]),
-            "" if r.get("gate") is None else str(r["gate"]),
-            str(r["images"]),
-            f"{r['seconds']:.2f}",
-            f"{r['images_per_s']:.2f}",
-            f"{r['peak_rss_mb']:.0f}",
-            "" if r.get("ratio_vs_torchvision") is None else f"{r['ratio_vs_torchvision']:.1f}",
-        )
-    _console().print(table)
-
-
-def print_profile(p: dict) -> None:
-    from rich.table import Table
-
-    console = _console()
-    if "error" in p:
-        console.print(f"[red]profile failed: {p['error']}")
-        return
-    console.print(
-        f"profile: {p['scenario']} at batch 1, masks={p['masks']}, {p['images']} images, "
-        f"{p['threads']} threads: {p['wall_s']:.2f} s ({p['images_per_s']:.2f} images/s), "
-        f"peak RSS {p['peak_rss_mb']:.0f} MB"
-    )
-    for title, key, cols in (
-        ("modules (forward hooks, inclusive wall time)", "modules", ("part", "calls", "seconds", "share")),
-        ("steps (cProfile cumulative; shares of the cProfile'd total)", "steps", ("step", "calls", "seconds", "share")),
-        ("top functions (cProfile cumulative)", "top_functions", ("function", "calls", "tottime_s", "cumtime_s")),
-        ("top torch operators (self CPU)", "top_ops", ("op", "calls", "self_cpu_s", "share")),
-    ):
-        table = Table(title=title)
-        for col in cols:
-            table.add_column(col, justify="left" if col in ("part", "step", "function", "op") else "right")
-        for row in p[key]:
-            table.add_row(*(str(row[c]) for c in cols))
-        console.print(table)
+            name, r["format"], str(r["batch"]), "" if r.get("masks") is None else str(r["masks"]),
+            "" if r.get("gate") is None else str(r["gate"]), str(r["images"]), f"{r['seconds']:.2f}",
+            f"{r['images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
+            "" if r.get("ratio_vs_torchvision") is None else f"{r['ratio_vs_torchvision']:.1f}")
+    console().print(table)
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -629,40 +527,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scenarios", type=lambda s: s.split(","), help="default: every scenario in the bundle")
     ap.add_argument("--formats", type=lambda s: s.split(","), default=list(FORMATS))
-    ap.add_argument(
-        "--masks",
-        choices=("on", "off", "both"),
-        default="on",
-        help="predict masks (on), boxes only (off), or measure both",
-    )
-    ap.add_argument(
-        "--runtime",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="limbscan.load's runtime for the classifiers (onnx: the bundle must hold ONNX files)",
-    )
+    ap.add_argument("--masks", choices=("on", "off", "both"), default="on",
+                    help="predict masks (on), boxes only (off), or measure both")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                    help="limbscan.load's runtime for the classifiers (onnx: the bundle must hold ONNX files)")
     ap.add_argument("--torchvision-n", type=int, default=8, help="images timed for torchvision (~3.5 s each)")
     ap.add_argument("--torchvision-batch", type=int, default=0, help="also time torchvision at this batch size")
     ap.add_argument("--no-torchvision", action="store_true")
-    ap.add_argument(
-        "--torchvision-size",
-        type=_ints,
-        default=[800, 1333],
-        metavar="MIN,MAX",
-        help="torchvision's min_size,max_size; anything but its defaults only for smoke tests",
-    )
+    ap.add_argument("--torchvision-size", type=_ints, default=[800, 1333], metavar="MIN,MAX",
+                    help="torchvision's min_size,max_size; anything but its defaults only for smoke tests")
     ap.add_argument("--profile", action="store_true", help="also profile one scenario at batch 1")
     ap.add_argument("--profile-n", type=int, default=6, help="images in the profile")
     ap.add_argument("--profile-scenario", default=None, help="default: cascade, else the bundle's first")
     ap.add_argument("--skip-timing", action="store_true", help="with --profile: profile only")
     ap.add_argument("--quick", action="store_true", help="3 images, 1 torchvision image: a smoke test")
-    ap.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set in every measured process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
-    )
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in every measured process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     ap.add_argument("--child-timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
@@ -696,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     work = Path(tempfile.mkdtemp(prefix="limbscan-bench-inference-"))
     report: dict[str, Any] = {
         "benchmark": "inference",
-        "command": " ".join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])]),
+        "command": command(__spec__.name, argv),
         "machine": machine_info(args.threads),
         "loadavg_start": loadavg(),
         "bundle": args.bundle.name,
@@ -742,34 +622,18 @@ def main(argv: list[str] | None = None) -> dict | None:
                 if not args.no_torchvision:
                     paths = inputs[fmt][: args.torchvision_n]
                     for batch in sorted({1, args.torchvision_batch} - {0}):
-                        measure(
-                            {
-                                "kind": "torchvision",
-                                "paths": paths,
-                                "format": fmt,
-                                "batch": batch,
-                                "size": args.torchvision_size,
-                            },
-                            {"scenario": TORCHVISION, "format": fmt, "batch": batch, "masks": True},
-                        )
+                        measure({"kind": "torchvision", "paths": paths, "format": fmt, "batch": batch,
+                                 "size": args.torchvision_size},
+                                {"scenario": TORCHVISION, "format": fmt, "batch": batch, "masks": True})
                 for scenario in scenarios:
                     for batch in args.batch_sizes:
                         for with_masks in masks:
                             if scenario == "whole-image" and not with_masks and True in masks:
                                 continue  # no masks in that scenario: the row would repeat
-                            measure(
-                                {
-                                    "kind": "limbscan",
-                                    "bundle": str(args.bundle),
-                                    "paths": inputs[fmt],
-                                    "scenario": scenario,
-                                    "batch": batch,
-                                    "masks": with_masks,
-                                    "runtime": args.runtime,
-                                },
-                                {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks,
-                                 "gate": True},
-                            )
+                            measure({"kind": "limbscan", "bundle": str(args.bundle), "paths": inputs[fmt],
+                                     "scenario": scenario, "batch": batch, "masks": with_masks, "runtime": args.runtime},
+                                    {"scenario": scenario, "format": fmt, "batch": batch, "masks": with_masks,
+                                     "gate": True})
                 # The gate's cost: the default scenario without it, and the gate alone, in the same run.
                 default = default_scenario(scenarios)
                 measure({"kind": "limbscan", "bundle": str(args.bundle), "paths": inputs[fmt], "scenario": default,

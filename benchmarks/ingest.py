@@ -8,11 +8,11 @@ peak at n=61,098 (the paper's set) matches the peak at n=6,000.
 
 Full run (about 10 minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/ingest.py --out benchmarks/results/ingest.json
+    .venv/bin/python -m benchmarks.ingest --out benchmarks/results/ingest.json
 
 Quick run::
 
-    .venv/bin/python benchmarks/ingest.py --n 500 2000 --out /tmp/ingest.json
+    .venv/bin/python -m benchmarks.ingest --n 500 2000 --out /tmp/ingest.json
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import command, last_json_line, machine_info, run_module, status_mb, write_report
 
 PAPER_N = 61_098
 FILES_PER_FOLDER = 1000  # keeps directory listings short
@@ -105,23 +104,8 @@ def write_dataset(root: Path, paths: list[Path], fmt: str, size: int) -> None:
 
 
 # -- one measurement, in its own process so peak RSS belongs to it alone ---------------------
-def _status_mb(pid: int | str, field: str) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:  # the process has just exited
-        pass
-    return 0.0
-
-
 class PeakRss:
-    """Peak RSS of this process and of its children, from /proc (VmHWM).
-
-    Not ``getrusage``: Linux folds the RSS a child had between fork and exec into its
-    ``ru_maxrss``, so every spawned worker would report its parent's size as its own.
-    """
+    """Peak RSS of this process and of its children, from /proc (VmHWM; see ``status_mb``)."""
 
     def __init__(self, every_s: float = 0.2):
         self.every_s = every_s
@@ -141,7 +125,7 @@ class PeakRss:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             for pid in self._children():
-                self.workers_mb = max(self.workers_mb, _status_mb(pid, "VmHWM"))
+                self.workers_mb = max(self.workers_mb, status_mb("VmHWM", pid))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -153,7 +137,7 @@ class PeakRss:
 
     @property
     def parent_mb(self) -> float:
-        return _status_mb("self", "VmHWM")
+        return status_mb("VmHWM")
 
 
 def measure(ds_root: Path, workers: int, longest_side: int, n_read: int) -> dict:
@@ -161,7 +145,7 @@ def measure(ds_root: Path, workers: int, longest_side: int, n_read: int) -> dict
     from limbscan.data.dataset import Dataset
 
     ds = Dataset.load(ds_root)
-    rss_loaded = _status_mb("self", "VmRSS")
+    rss_loaded = status_mb("VmRSS")
     shutil.rmtree(cache_dir(ds, longest_side), ignore_errors=True)
     with PeakRss() as peak:
         cold = build_cache(ds, longest_side=longest_side, workers=workers, progress=False)
@@ -221,31 +205,24 @@ def main(argv: list[str] | None = None) -> None:
                 ds_root = work / fmt / f"ds-{n}"
                 write_dataset(ds_root, paths[:n], fmt, args.size)
                 for workers in args.workers:
-                    cmd = [sys.executable, __file__, "--measure", str(ds_root), "--workers", str(workers),
-                           "--longest-side", str(args.longest_side), "--n-read", str(args.n_read)]
-                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                    result = {"format": fmt, **json.loads(done.stdout.strip().splitlines()[-1])}
+                    done = run_module(__spec__.name, ["--measure", str(ds_root), "--workers", str(workers),
+                                                      "--longest-side", str(args.longest_side),
+                                                      "--n-read", str(args.n_read)], check=True)
+                    result = {"format": fmt, **last_json_line(done.stdout)}
                     runs.append(result)
                     print(json.dumps(result), flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    import limbscan
-
-    report = {
+    write_report(args.out, {
         "benchmark": "ingest",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "limbscan_version": limbscan.__version__,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        "command": command(__spec__.name, argv),
+        "machine": machine_info(),
         "image_size": args.size,
         "longest_side": args.longest_side,
         "runs": runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    })
 
 
 if __name__ == "__main__":

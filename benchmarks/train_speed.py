@@ -11,7 +11,7 @@ torchvision's detector runs with random weights (no download; ``weights_backbone
 its batch norms trainable, as it does for any model built without weights), 3 classes, grey
 images repeated to 3 channels. Ratios are to torchvision's detector, as in ``inference.py``.
 
-    .venv/bin/python benchmarks/train_speed.py bench/fracatlas \\
+    .venv/bin/python -m benchmarks.train_speed bench/fracatlas \\
         --out benchmarks/results/train_speed.json
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +26,15 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from inference import loadavg, machine_info, write_report  # noqa: E402
-
-from limbscan.config import load_config, stage_config  # noqa: E402
-from limbscan.data.dataset import Dataset  # noqa: E402
-from limbscan.data.datasets import DetectionDataset, WholeImageDataset, detection_collate  # noqa: E402
-from limbscan.models.backbones import set_memory_format  # noqa: E402
-from limbscan.models.classifier import build_classifier  # noqa: E402
-from limbscan.models.detector import build_detector, detector_param_groups  # noqa: E402
+from benchmarks._common import TORCHVISION, command, loadavg, machine_info, write_report
+from limbscan.config import load_config, stage_config
+from limbscan.data.dataset import Dataset
+from limbscan.data.datasets import DetectionDataset, WholeImageDataset, detection_collate
+from limbscan.models.backbones import set_memory_format
+from limbscan.models.classifier import build_classifier
+from limbscan.models.detector import build_detector, detector_param_groups
 
 FORMATS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}
-TORCHVISION = "torchvision-maskrcnn_resnet50_fpn"
 
 
 def classifier_row(cfg: Any, images: list[torch.Tensor]) -> Callable:
@@ -172,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             by["channels-last"]["x_contiguous"] = round(by["channels-last"]["images_per_s"] / by["contiguous"]["images_per_s"], 2)
     result = {
         "benchmark": "train_speed",
-        "command": "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command(__spec__.name, argv),
         "machine": machine_info(args.threads),
         "loadavg_start": load,
         "loadavg_end": loadavg(),

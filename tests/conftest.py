@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -30,19 +29,6 @@ def fracatlas_upper_root() -> Path:
         pytest.skip(f"real data absent: no FracAtlas upper-limb subset at {FRACATLAS_UPPER} "
                     "(set LIMBSCAN_FRACATLAS_UPPER)")
     return FRACATLAS_UPPER
-
-
-@pytest.fixture(scope="session")
-def benchmark_script():
-    """``load(name)``: the script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 TINY_BACKBONE = "mobilenetv3_small_050"  # random init: no weights needed, a second per epoch

@@ -1,10 +1,11 @@
 """The package's shape: no import cycle, inference without the training engine, one copy of the
-detector pass and of the cascade score."""
+detector pass and of the cascade score, benchmarks that import without editing sys.path."""
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,10 +177,57 @@ def _sources() -> list[Path]:
     ],
 )
 def test_one_copy_of_the_detector_pass_and_of_the_cascade_score(what, home):
-    callers = {str(p.relative_to(p.parents[1] if p.is_relative_to(BENCHMARKS) else SRC)): _calls(p, what)
+    callers = {str(p.relative_to(BENCHMARKS.parent if p.is_relative_to(BENCHMARKS) else SRC)): _calls(p, what)
                for p in _sources()}
     callers = {k: v for k, v in callers.items() if v}
     if home is None:  # THE crop: cut by the cascade and by the training crops, nowhere else
         assert set(callers) <= {"limbscan/scenarios/cascade.py", "limbscan/data/datasets.py"}, callers
     else:
         assert set(callers) == {home}, callers
+
+
+_PATH_EDIT = re.compile(r"\bsys\.path\s*(\.\s*(insert|append|extend|remove|pop|clear)\b|\[[^\]]*\]\s*=(?!=)|\+?=[^=])"
+                        r"|\bsite\.addsitedir\b|\bfrom\s+sys\s+import\b[^\n]*\bpath\b")
+
+
+def _path_edits(path: Path) -> list[str]:
+    """The lines of ``path`` that change ``sys.path`` (Python, or Python inside a shell script)."""
+    if path.suffix == ".py":
+        lines = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AugAssign) else []
+            targets = [t.value if isinstance(t, ast.Subscript) else t for t in targets]
+            if any(ast.unparse(t) == "sys.path" for t in [target, *targets] if t is not None) or (
+                    isinstance(node, ast.Call) and ast.unparse(node.func) == "site.addsitedir") or (
+                    isinstance(node, ast.ImportFrom) and node.module == "sys"
+                    and any(a.name == "path" for a in node.names)):
+                lines.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+        return lines
+    return [f"{path.name}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
+            if _PATH_EDIT.search(line)]
+
+
+def test_no_benchmark_edits_sys_path():
+    # The benchmarks are a package run as `python -m benchmarks.NAME`: they import one another
+    # (and limbscan) as installed, never by pointing sys.path at a folder.
+    files = [p for p in BENCHMARKS.rglob("*") if p.is_file() and p.suffix in (".py", ".sh")]
+    assert BENCHMARKS / "inference.py" in files and BENCHMARKS / "cv" / "cv_pairs.py" in files  # the walk found them
+    edits = [line for p in files for line in _path_edits(p)]
+    assert not edits, edits
+
+
+@pytest.mark.parametrize("source", [
+    "import sys\nsys.path.insert(0, 'x')\n", "import sys\nsys.path.append('x')\n", "import sys\nsys.path += ['x']\n",
+    "import sys\nsys.path[:0] = ['x']\n", "import sys\nsys.path = ['x']\n", "import site\nsite.addsitedir('x')\n",
+    "from sys import path\npath.insert(0, 'x')\n",
+])
+def test_the_sys_path_check_would_see_an_edit(tmp_path, source):
+    for name, text in (("a.py", source), ("a.sh", f"python - <<'PY'\n{source}PY\n")):
+        (tmp_path / name).write_text(text)
+        assert _path_edits(tmp_path / name), (name, source)
+    reading = "import sys\nprint(sys.path, sys.path[0] == 'x', sys.path == [])\n"
+    for name, text in (("b.py", reading), ("b.sh", f"python - <<'PY'\n{reading}PY\n")):
+        (tmp_path / name).write_text(text)
+        assert not _path_edits(tmp_path / name), name

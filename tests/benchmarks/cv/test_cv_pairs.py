@@ -1,4 +1,4 @@
-"""benchmarks/cv_pairs.py: a lever's CV folder against its baseline's, fold by fold, on hand-made
+"""benchmarks.cv.cv_pairs: a lever's CV folder against its baseline's, fold by fold, on hand-made
 folders shaped like `limbscan cv`'s (folds.json, fold-I/val_scores.json)."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+
+from benchmarks.cv import cv_pairs
 
 K, PER_FOLD = 3, 40
 
@@ -30,11 +32,11 @@ def make_cv(root: Path, seed: int, finished: list[int], shift: float = 0.0) -> P
     return root
 
 
-def test_pairs_the_folds_both_finished_and_lists_the_rest(tmp_path, benchmark_script):
+def test_pairs_the_folds_both_finished_and_lists_the_rest(tmp_path):
     base = make_cv(tmp_path / "base", seed=1, finished=[0, 1, 2])
     lever = make_cv(tmp_path / "lever", seed=2, finished=[0, 2], shift=1.0)
     out = tmp_path / "pairs.json"
-    assert benchmark_script("cv_pairs").main([str(base), str(lever), "--out", str(out)]) == 0
+    assert cv_pairs.main([str(base), str(lever), "--out", str(out)]) == 0
     (pair,) = json.loads(out.read_text())["pairs"]
     assert pair["folds_compared"] == [0, 2]
     assert pair["pending"] == {"base": [], "lever": [1]}
@@ -51,14 +53,14 @@ def test_pairs_the_folds_both_finished_and_lists_the_rest(tmp_path, benchmark_sc
         assert all(0 <= f["scenarios"][name]["delong_p"] <= 1 for f in pair["per_fold"])
 
 
-def test_folders_on_other_folds_or_other_images_are_refused_by_name(tmp_path, benchmark_script):
+def test_folders_on_other_folds_or_other_images_are_refused_by_name(tmp_path):
     base = make_cv(tmp_path / "base", seed=1, finished=[0])
     other = make_cv(tmp_path / "other", seed=2, finished=[0])
     folds = json.loads((other / "folds.json").read_text())
     folds["image_fold"]["0"] = 1
     (other / "folds.json").write_text(json.dumps(folds))
     with pytest.raises(SystemExit, match="dealt different folds"):
-        benchmark_script("cv_pairs").main([str(base), str(other), "--out", str(tmp_path / "x.json")])
+        cv_pairs.main([str(base), str(other), "--out", str(tmp_path / "x.json")])
 
     moved = make_cv(tmp_path / "moved", seed=2, finished=[0])
     path = moved / "fold-0" / "val_scores.json"
@@ -66,4 +68,4 @@ def test_folders_on_other_folds_or_other_images_are_refused_by_name(tmp_path, be
     val["image_ids"] = val["image_ids"][::-1]
     path.write_text(json.dumps(val))
     with pytest.raises(SystemExit, match=r"moved/fold-0 and .*base/fold-0 validate on different images"):
-        benchmark_script("cv_pairs").main([str(base), str(moved), "--out", str(tmp_path / "x.json")])
+        cv_pairs.main([str(base), str(moved), "--out", str(tmp_path / "x.json")])

@@ -1,7 +1,7 @@
 """The whole-image stage's test-time flip (``classifier.tta_flip``) measured on CV folders, without
 training anything.
 
-    python benchmarks/tta_flip.py bench/cv3-cl-recipe bench/cv3-cl-letterbox \
+    python -m benchmarks.cv.tta_flip bench/cv3-cl-recipe bench/cv3-cl-letterbox \
         --out benchmarks/results/tta_flip.json
 
 Each fold of a ``limbscan cv`` folder holds the whole-image model it trained and the fold's
@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cv_pairs import folds_of  # noqa: E402
-from inference import write_report  # noqa: E402
-
-from limbscan.data.dataset import Dataset  # noqa: E402
-from limbscan.rundir import CvDir, RunDir  # noqa: E402
-from limbscan.scenarios.base import ImageInput, ModelStore, score_images  # noqa: E402
+from benchmarks._common import write_report
+from benchmarks.cv.cv_pairs import folds_of
+from limbscan.data.dataset import Dataset
+from limbscan.rundir import CvDir, RunDir
+from limbscan.scenarios.base import ImageInput, ModelStore, score_images
 
 NAME = "whole-image"
 SETTINGS = {"image alone": False, "flip average": True}

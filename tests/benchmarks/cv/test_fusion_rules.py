@@ -1,4 +1,4 @@
-"""benchmarks/fusion_rules.py on a made-up CV folder: a base scenario carrying signal of its own
+"""benchmarks.cv.fusion_rules on a made-up CV folder: a base scenario carrying signal of its own
 lifts the fused rules above whole-image alone in every fold; one without does not."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.special import expit
+
+from benchmarks.cv import fusion_rules
 
 
 def _cv_folder(path: Path, columns: tuple[str, ...]) -> Path:
@@ -27,10 +29,10 @@ def _cv_folder(path: Path, columns: tuple[str, ...]) -> Path:
     return path
 
 
-def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path, benchmark_script):
+def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path):
     cv = _cv_folder(tmp_path / "cv", ("whole-image", "detector", "cascade", "fused"))
     out = tmp_path / "fusion.json"
-    assert benchmark_script("fusion_rules").main([str(cv), "--out", str(out)]) == 0
+    assert fusion_rules.main([str(cv), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rules = report["rules"]
     assert report["k"] == 3 and report["images"] == 900
@@ -43,7 +45,7 @@ def test_rules_fitted_across_folds_use_the_scenario_with_signal(tmp_path, benchm
         assert abs(rules[f"{rule}: whole-image + cascade"]["paired_vs_whole_image"]["mean"]) < 0.02, rule
 
 
-def test_a_folder_without_every_input_is_refused_by_name(tmp_path, benchmark_script):
+def test_a_folder_without_every_input_is_refused_by_name(tmp_path):
     cv = _cv_folder(tmp_path / "cv", ("whole-image",))
     with pytest.raises(SystemExit, match="no detector, cascade column"):
-        benchmark_script("fusion_rules").main([str(cv), "--out", str(tmp_path / "x.json")])
+        fusion_rules.main([str(cv), "--out", str(tmp_path / "x.json")])

@@ -1,4 +1,4 @@
-"""benchmarks/tta_flip.py on a real (tiny) CV folder: the setting a fold trained with gives back
+"""benchmarks.cv.tta_flip on a real (tiny) CV folder: the setting a fold trained with gives back
 that fold's recorded validation scores and AUCs; a folder whose scores disagree is refused."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cv import tta_flip
 from limbscan.config import Config
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
@@ -29,9 +30,9 @@ def cv_folder(tmp_path_factory, tiny_config_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_beside_it(cv_folder, tmp_path, benchmark_script):
+def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_beside_it(cv_folder, tmp_path):
     out = tmp_path / "tta.json"
-    assert benchmark_script("tta_flip").main([str(cv_folder), "--out", str(out)]) == 0
+    assert tta_flip.main([str(cv_folder), "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["folders"]
     recorded = json.loads((cv_folder / "cv.json").read_text())["scenarios"]["whole-image"]["fold_auc"]
     assert row["trained_with_flip"] == [True, True, True]
@@ -42,7 +43,7 @@ def test_the_trained_setting_reproduces_the_folds_and_the_other_is_measured_besi
 
 
 @pytest.mark.slow
-def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp_path, benchmark_script):
+def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp_path):
     copy = tmp_path / "cv"
     shutil.copytree(cv_folder, copy)
     path = copy / "fold-1" / "val_scores.json"
@@ -50,4 +51,4 @@ def test_a_fold_whose_recorded_scores_disagree_is_refused_by_name(cv_folder, tmp
     val["scores"]["whole-image"] = [min(1.0, s + 0.01) for s in val["scores"]["whole-image"]]
     path.write_text(json.dumps(val))
     with pytest.raises(SystemExit, match=r"fold-1/val_scores.json: its whole-image scores differ"):
-        benchmark_script("tta_flip").main([str(copy), "--out", str(tmp_path / "x.json")])
+        tta_flip.main([str(copy), "--out", str(tmp_path / "x.json")])

@@ -1,4 +1,4 @@
-"""benchmarks/inference.py: picks a mixed image list, writes faithful DICOM copies, and a quick
+"""benchmarks.inference: picks a mixed image list, writes faithful DICOM copies, and a quick
 run on a tiny bundle writes a complete JSON report. No timing is asserted: the numbers belong
 to whatever machine runs it."""
 
@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
-@pytest.fixture(scope="module")
-def bench(benchmark_script):
-    return benchmark_script("inference")
+from benchmarks import inference
 
 
 def _fake_fracatlas(root: Path, fractured: int, normal: int) -> Path:
@@ -30,22 +27,22 @@ def _fake_fracatlas(root: Path, fractured: int, normal: int) -> Path:
     return root
 
 
-def test_pick_images_takes_from_both_folders_in_sorted_order(bench, tmp_path):
+def test_pick_images_takes_from_both_folders_in_sorted_order(tmp_path):
     root = _fake_fracatlas(tmp_path / "fa", fractured=3, normal=5)
-    picked = bench.pick_images(root, 4)
+    picked = inference.pick_images(root, 4)
     assert [p.parent.name for p in picked].count("Fractured") == 2
     assert [p.name for p in picked] == sorted(p.name for p in picked)
     # Too few fractured ones: normal ones fill the list.
-    assert len(bench.pick_images(root, 7)) == 7
-    assert len(bench.pick_images(root, 50)) == 8
+    assert len(inference.pick_images(root, 7)) == 7
+    assert len(inference.pick_images(root, 50)) == 8
 
 
-def test_dicom_copies_read_back_as_the_same_pixels(bench, tmp_path):
+def test_dicom_copies_read_back_as_the_same_pixels(tmp_path):
     from limbscan.io.images import read_image
 
     root = _fake_fracatlas(tmp_path / "fa", fractured=2, normal=1)
-    jpegs = bench.pick_images(root, 3)
-    dicoms = bench.write_dicoms(jpegs, tmp_path / "dicom")
+    jpegs = inference.pick_images(root, 3)
+    dicoms = inference.write_dicoms(jpegs, tmp_path / "dicom")
     for jpeg, dicom in zip(jpegs, dicoms, strict=True):
         a, _ = read_image(jpeg)
         b, meta = read_image(dicom)
@@ -53,8 +50,8 @@ def test_dicom_copies_read_back_as_the_same_pixels(bench, tmp_path):
         np.testing.assert_allclose(b, a, atol=1e-6)
 
 
-def test_ratios_compare_each_row_with_torchvision_on_its_own_format(bench):
-    tv = bench.TORCHVISION
+def test_ratios_compare_each_row_with_torchvision_on_its_own_format():
+    tv = inference.TORCHVISION
     rows = [
         {"scenario": tv, "format": "jpeg", "batch": 1, "images_per_s": 0.5},
         {"scenario": tv, "format": "dicom", "batch": 1, "images_per_s": 0.25},
@@ -84,25 +81,25 @@ def test_ratios_compare_each_row_with_torchvision_on_its_own_format(bench):
         },
         {"scenario": "cascade", "format": "dicom", "batch": 8, "error": "boom"},
     ]
-    bench.add_ratios(rows)
+    inference.add_ratios(rows)
     assert [r["ratio_vs_torchvision"] for r in rows] == [1.0, 1.0, 10.0, 20.0, 12.0, None]
     assert rows[3]["max_abs_diff_vs_jpeg"] == pytest.approx(0.2)
     assert rows[4]["max_abs_diff_vs_batch1"] == pytest.approx(0.05)
     assert "max_abs_diff_vs_jpeg" not in rows[2] and all("probabilities" not in r for r in rows)
 
 
-def test_torchvision_peer_reads_both_formats_and_reports_memory(bench, tmp_path):
-    jpegs = bench.pick_images(_fake_fracatlas(tmp_path / "fa", fractured=0, normal=1), 1)
-    dicoms = bench.write_dicoms(jpegs, tmp_path / "dicom")
+def test_torchvision_peer_reads_both_formats_and_reports_memory(tmp_path):
+    jpegs = inference.pick_images(_fake_fracatlas(tmp_path / "fa", fractured=0, normal=1), 1)
+    dicoms = inference.write_dicoms(jpegs, tmp_path / "dicom")
     for fmt, paths in (("jpeg", jpegs), ("dicom", dicoms)):
         # In-process and at 64 px: the peer's code path, not its speed (the script runs it at 800).
         spec = {"paths": [str(p) for p in paths], "format": fmt, "batch": 1, "threads": 1, "size": [64, 64]}
-        result = bench.measure_torchvision(spec)
+        result = inference.measure_torchvision(spec)
         assert result["images"] == 1 and result["seconds"] > 0 and result["peak_rss_mb"] > 0
         assert 0 <= result["detections_per_image"] <= 100  # torchvision's box_detections_per_img
 
 
-def test_quick_run_on_a_tiny_bundle_writes_a_full_report(bench, tiny_run, tmp_path):
+def test_quick_run_on_a_tiny_bundle_writes_a_full_report(tiny_run, tmp_path):
     from limbscan.bundle import export_bundle
 
     bundle = export_bundle(tiny_run[1], tmp_path / "tiny.limbscan")
@@ -110,7 +107,7 @@ def test_quick_run_on_a_tiny_bundle_writes_a_full_report(bench, tiny_run, tmp_pa
     out = tmp_path / "inference.json"
     # One scenario, one batch size, no torchvision (tested above): two child processes, each
     # paying torch's import, which is most of this test's time.
-    report = bench.main(
+    report = inference.main(
         [
             "--bundle",
             str(bundle),
@@ -144,3 +141,23 @@ def test_quick_run_on_a_tiny_bundle_writes_a_full_report(bench, tiny_run, tmp_pa
     # secondary captures say Modality OT, which leaves the decision to the pixels).
     assert rows[2]["in_scope"] == rows[5]["in_scope"] == 0
     assert rows[4]["max_abs_diff_vs_jpeg"] < 1e-4  # same pixels, same scores (without the gate)
+
+
+def test_profile_rows_come_from_cprofile_and_print(capsys):
+    import cProfile
+    import pstats
+
+    from benchmarks import inference_profile as profile
+
+    prof = cProfile.Profile()
+    prof.runcall(profile._short, "/x/site-packages/PIL/ImageFile.py")
+    steps, functions = profile._pstats_rows(pstats.Stats(prof))
+    assert steps == [] and any("_short" in f["function"] for f in functions)
+    assert profile._short("/a/src/limbscan/io/images.py") == "limbscan/io/images.py"
+    profile.print_profile({"error": "boom"})
+    part = {"part": "backbone", "calls": 1, "seconds": 0.5, "share": 0.5}
+    profile.print_profile({"scenario": "cascade", "masks": True, "images": 2, "threads": 1, "wall_s": 1.0,
+                           "images_per_s": 2.0, "peak_rss_mb": 300.0, "modules": [part], "steps": [],
+                           "top_functions": [], "top_ops": []})
+    shown = capsys.readouterr().out
+    assert "profile failed: boom" in shown and "backbone" in shown and "2.00 images/s" in shown

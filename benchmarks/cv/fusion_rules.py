@@ -1,6 +1,6 @@
 """Fusion rules measured on a CV folder's out-of-fold scores, without training anything.
 
-    python benchmarks/fusion_rules.py bench/cv3-cl-all --out benchmarks/results/fusion_rules.json
+    python -m benchmarks.cv.fusion_rules bench/cv3-cl-all --out benchmarks/results/fusion_rules.json
 
 ``limbscan cv … --scenario all`` leaves every train + val image's out-of-fold score from each
 scenario in ``oof_scores.csv``. Here each fold's images are scored by a fusion rule fitted on the
@@ -23,11 +23,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).parent))
-from inference import write_report  # noqa: E402
-
-from limbscan.scenarios.fused import INPUTS, MEASURED, FusionEstimator  # noqa: E402
-from limbscan.train.cv import read_oof_scores  # noqa: E402
+from benchmarks._common import write_report
+from limbscan.scenarios.fused import INPUTS, MEASURED, FusionEstimator
+from limbscan.train.cv import read_oof_scores
 
 BASELINE = "whole-image"
 AS_TRAINED = "fused"

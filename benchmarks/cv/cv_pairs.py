@@ -1,6 +1,6 @@
 """A lever against its baseline, fold by fold, from two or more ``limbscan cv`` folders on the same folds.
 
-    python benchmarks/cv_pairs.py bench/cv3-cl-all bench/cv3-cl-aux --out benchmarks/results/cv_aux.json
+    python -m benchmarks.cv.cv_pairs bench/cv3-cl-all bench/cv3-cl-aux --out benchmarks/results/cv_aux.json
 
 The first folder is the baseline; each other one is a lever. For every fold that both finished
 (its ``val_scores.json``) and every scenario both scored: the fold's validation AUC in each, the
@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from inference import write_report  # noqa: E402
-
-from limbscan.eval.metrics import delong_test  # noqa: E402
-from limbscan.rundir import CvDir  # noqa: E402
+from benchmarks._common import write_report
+from limbscan.eval.metrics import delong_test
+from limbscan.rundir import CvDir
 
 
 def folds_of(cv_dir: Path) -> dict[str, Any]:
