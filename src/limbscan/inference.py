@@ -310,21 +310,34 @@ class Predictor:
         return [r for image in images for r in self._score_safely([image], shown, names, masks, gate)]
 
     def _score(self, images: list[_Image], shown: str, names: list[str], masks: bool, gate: bool) -> list[Prediction]:
-        from limbscan.localise import localise
-
         verdicts = self.scope([im.original for im in images], [im.meta for im in images], gate)
         threshold, suspected = self.thresholds(shown)
         kept = [(im, v) for im, v in zip(images, verdicts, strict=True) if v.in_scope]
         with torch.inference_mode():
             found = self._score_in_scope(kept, shown, names, masks, threshold, suspected)
         # Outside inference mode: a Grad-CAM localiser needs gradients.
-        localise(self, [im.original for im, _ in kept], found, masks)
+        self._localise([im.original for im, _ in kept], found, masks)
         scored = iter(found)
         return [next(scored) if v.in_scope else
                 Prediction(file=im.file, scenario=shown, probability=None, threshold=threshold, label=OUT_OF_SCOPE,
                            scores={}, width=im.width, height=im.height, body_part=im.body_part,
                            suspected_threshold=suspected, scope=v)
                 for im, v in zip(images, verdicts, strict=True)]
+
+    def _localise(self, originals: list, predictions: list[Prediction], masks: bool) -> None:
+        """Give each likely or suspected prediction without boxes the bundle localiser's (limbscan.localise)."""
+        from limbscan.localise import find_boxes, wanted
+
+        name = (self.manifest.get("localiser") or {}).get("name")
+        todo = wanted(name, predictions)
+        if not todo:
+            return
+        found = find_boxes(self, name, [originals[i] for i in todo], [predictions[i] for i in todo], masks,
+                           MAX_DETECTIONS)
+        for i, boxes in zip(todo, found, strict=True):
+            pred = predictions[i]
+            pred.detections = [Detection(_clip(box, pred), score, mask) for box, score, mask in boxes]
+            pred.boxes_from = name if pred.detections else None
 
     def _score_in_scope(self, kept: list[tuple[_Image, ScopeVerdict]], shown: str, names: list[str], masks: bool,
                         threshold: float, suspected: float | None) -> list[Prediction]:
@@ -356,7 +369,7 @@ class Predictor:
         return out
 
 
-def _clip(box: Sequence[float], im: _Image) -> list[float]:
+def _clip(box: Sequence[float], im: _Image | Prediction) -> list[float]:
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = float(im.width), float(im.height)
     return [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]

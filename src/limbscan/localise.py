@@ -52,49 +52,44 @@ def choose(scenarios: Sequence[str], requested: str = AUTO) -> dict[str, str] | 
     return None
 
 
-def localise(model: Predictor, originals: Sequence[Any], predictions: Sequence[Any], masks: bool = True) -> None:
-    """Give each in-scope likely or suspected prediction without boxes the bundle localiser's boxes."""
+def wanted(name: str | None, predictions: Sequence[Any]) -> list[int]:
+    """The predictions the localiser ``name`` draws on: in scope, likely or suspected, without boxes."""
+    return [i for i, p in enumerate(predictions)
+            if name and p.in_scope and not p.detections and p.level in ("likely", "suspected")]
+
+
+def find_boxes(model: Predictor, name: str, originals: Sequence[Any], predictions: Sequence[Any],
+               masks: bool = True, limit: int = 5) -> list[list[tuple[list[float], float, Any]]]:
+    """Per prediction, the localiser ``name``'s first ``limit`` ``(box, score, mask or None)``, best first."""
     import torch
 
-    entry = model.manifest.get("localiser") or {}
-    name = entry.get("name")
-    todo = [i for i, p in enumerate(predictions)
-            if name and p.in_scope and not p.detections and p.level in ("likely", "suspected")]
-    if not todo:
-        return
     if name == "gradcam":
-        _gradcam_boxes(model, [originals[i] for i in todo], [predictions[i] for i in todo])
-        return
-    from limbscan.inference import MAX_DETECTIONS, Detection
+        return [_gradcam_box(model, pixels, pred) for pixels, pred in zip(originals, predictions, strict=True)]
     from limbscan.scenarios.base import Batch, ImageInput
 
     scenario = model.scenario(name)
-    inputs = [ImageInput(model.preprocess(originals[i]), predictions[i].width, predictions[i].height) for i in todo]
+    inputs = [ImageInput(model.preprocess(pixels), p.width, p.height) for pixels, p in zip(originals, predictions,
+                                                                                             strict=True)]
+    out = []
     with torch.inference_mode():
         batch = Batch(inputs, detector_batch_size=len(inputs))
-        for j, (i, finding) in enumerate(zip(todo, batch.findings(scenario), strict=True)):
-            pred = predictions[i]
-            pred.detections = [Detection(box, float(score)) for box, score
-                               in zip(finding.boxes[:MAX_DETECTIONS], finding.box_scores, strict=False)]
-            pred.boxes_from = name if pred.detections else None
-            if masks and finding.detector_boxes and pred.detections:
-                found = batch.masks(scenario.detector, j, [d.box for d in pred.detections])  # type: ignore[attr-defined]
-                for d, mask in zip(pred.detections, found, strict=True):
-                    d.mask = mask
+        for j, finding in enumerate(batch.findings(scenario)):
+            boxes, scores = finding.boxes[:limit], finding.box_scores[:limit]
+            drawn: list[Any] = [None] * len(boxes)
+            if masks and finding.detector_boxes and boxes:
+                drawn = batch.masks(scenario.detector, j, boxes)  # type: ignore[attr-defined]
+            out.append([(list(b), float(s), m) for b, s, m in zip(boxes, scores, drawn, strict=False)])
+    return out
 
 
-def _gradcam_boxes(model: Predictor, originals: Sequence[Any], predictions: Sequence[Any]) -> None:
+def _gradcam_box(model: Predictor, pixels: Any, pred: Any) -> list[tuple[list[float], float, Any]]:
     from dataclasses import replace
 
     from limbscan.explain import cam_box, gradcam
-    from limbscan.inference import Detection
 
-    for pixels, pred in zip(originals, predictions, strict=True):
-        # Grad-CAM of the whole-image classifier, whichever scenario scored the image.
-        box = cam_box(gradcam(model, pixels, replace(pred, scenario=GRADCAM_SCENARIO, detections=[])))
-        if box is not None:
-            pred.detections = [Detection(box, float(pred.scores.get(GRADCAM_SCENARIO, pred.probability)))]
-            pred.boxes_from = "gradcam"
+    # Grad-CAM of the whole-image classifier, whichever scenario scored the image.
+    box = cam_box(gradcam(model, pixels, replace(pred, scenario=GRADCAM_SCENARIO, detections=[])))
+    return [] if box is None else [(box, float(pred.scores.get(GRADCAM_SCENARIO, pred.probability)), None)]
 
 
-__all__ = ["AUTO", "LOCALISERS", "available", "choose", "localise"]
+__all__ = ["AUTO", "LOCALISERS", "available", "choose", "find_boxes", "wanted"]
