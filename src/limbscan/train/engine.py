@@ -6,7 +6,7 @@ way for all of them, in the manner of torchvision's ``references/detection``:
 - SGD with momentum (or AdamW, ``train.optimizer``) over the stage's parameter groups, each
   carrying its own learning rate (the paper: backbone + RPN 1e-3, heads 1e-4); a linear warm-up,
   then a cosine / step / constant schedule, or a one-cycle schedule, stepped per optimiser step
-  (``LambdaLR``);
+  (:mod:`limbscan.train.optim`);
 - gradients clipped by their total L2 norm (all parameters together) at ``train.grad_clip``;
 - AMP (``torch.autocast`` + ``GradScaler``) and channels-last memory only on CUDA: on CPU both cost
   time and change numerics for nothing;
@@ -26,15 +26,10 @@ checkpoint and log line (see :func:`_fit_without_gradients`).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import time
-import typing
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from limbscan.config import Config, Schedule, config_to_dict
+from limbscan.config import Config, config_to_dict
 from limbscan.errors import LimbscanError
 from limbscan.rundir import BEST, LAST, RunDir
 from limbscan.train.checkpoint import (
@@ -59,6 +54,8 @@ from limbscan.train.checkpoint import (
     set_rng_state,
     sweep_temp_files,
 )
+from limbscan.train.optim import build_optimizer, lr_factor, step_schedule
+from limbscan.train.records import append_metrics, rewrite_metrics
 from limbscan.utils.distributed import (  # noqa: F401  (DistInfo & co. are still importable from here)
     DistInfo,
     all_gather_objects,
@@ -66,18 +63,8 @@ from limbscan.utils.distributed import (  # noqa: F401  (DistInfo & co. are stil
     init_distributed,
     shutdown_distributed,
 )
-from limbscan.utils.files import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)  # the config's choices
-# The "step" schedule: x0.1 at these shares of the post-warm-up steps (torchvision's 26-epoch
-# detection recipe drops at epochs 16 and 22, about 2/3 and 8/9 of the way).
-STEP_MILESTONES = (2 / 3, 8 / 9)
-STEP_GAMMA = 0.1
-# One-cycle, as torch.optim.lr_scheduler.OneCycleLR's defaults: from lr / 25 up to lr over the
-# first 30 % of the steps, then cosine down to lr / 25e4 (``train.warmup_steps`` is not used).
-ONECYCLE_PCT, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 @runtime_checkable
@@ -124,58 +111,6 @@ class FitResult:
     @property
     def best_path(self) -> Path:
         return self.folder / BEST
-
-
-MAX_WARMUP_SHARE = 5  # warm-up takes at most a fifth of a stage's steps
-
-
-def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """The learning-rate multiplier after ``step`` optimiser steps: linear warm-up, then ``schedule``."""
-    if schedule not in SCHEDULES:
-        raise LimbscanError(f"config: train.schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if schedule == "onecycle":
-        return _one_cycle(total_steps)
-    # A short run (a demo, a search trial) would otherwise spend all of itself warming up.
-    warmup_steps = max(0, min(int(warmup_steps), total_steps // MAX_WARMUP_SHARE))
-    decay_steps = max(1, total_steps - warmup_steps)
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-        progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
-        if schedule == "cosine":
-            return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
-        if schedule == "step":
-            return warm * STEP_GAMMA ** sum(progress >= m for m in STEP_MILESTONES)
-        return warm
-
-    return factor
-
-
-def _one_cycle(total_steps: int) -> Callable[[int], float]:
-    up = max(1, round(ONECYCLE_PCT * total_steps))
-    down = max(1, total_steps - up)
-    start, end = 1.0 / ONECYCLE_DIV, 1.0 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
-
-    def factor(step: int) -> float:
-        if step < up:
-            return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / up))
-        progress = min(1.0, (step - up) / down)
-        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def build_optimizer(groups: list[dict], cfg: Config) -> torch.optim.Optimizer:
-    """``train.optimizer``: SGD with momentum, or AdamW (decoupled weight decay); groups without
-    their own lr / weight decay take the config's backbone values."""
-    groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
-    if not groups:
-        raise LimbscanError("training: the stage has no trainable parameters")
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr_backbone, weight_decay=cfg.train.weight_decay)
-    return torch.optim.SGD(
-        groups, lr=cfg.train.lr_backbone, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
-    )
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -247,7 +182,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
     if info.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(folder)
-        _rewrite_metrics(run.metrics, stage.name, history)
+        rewrite_metrics(run.metrics, stage.name, history)
     writer = _tensorboard(cfg, out, stage.name, info, purge_step=start_epoch * steps_per_epoch)
     barrier(info)
 
@@ -318,7 +253,7 @@ def fit(stage: Stage, out: str | Path, cfg: Config, resume: bool = False, progre
                     save_checkpoint(payload, last_path)
                     if improved:
                         save_checkpoint(payload, run.best(stage.name))
-                    _append_metrics(run.metrics, record)
+                    append_metrics(run.metrics, record)
                     if writer is not None:
                         for key, value in record.items():
                             if isinstance(value, int | float) and key not in ("epoch",):
@@ -400,7 +335,7 @@ def _fit_without_gradients(stage: Any, out: Path, cfg: Config, resume: bool, pro
         }
         save_checkpoint(payload, last_path)
         save_checkpoint(payload, run.best(stage.name))
-        _rewrite_metrics(run.metrics, stage.name, [record])
+        rewrite_metrics(run.metrics, stage.name, [record])
         if progress:
             shown = "n/a" if auc is None else f"{auc:.3f}"
             Console(stderr=True).print(f"{stage.name}: fitted without gradients, val AUC {shown}, "
@@ -471,16 +406,6 @@ def _train_epoch(
     return {k: round(v, 6) for k, v in ordered.items()}
 
 
-def step_schedule(scheduler: Any) -> None:
-    """One schedule step per batch. Under AMP the scaler skips the first optimizer steps whose
-    gradients overflow while it finds its scale; the schedule still advances, so PyTorch's warning
-    that the scheduler stepped before the optimizer is expected there and kept out of the log."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
-                                category=UserWarning)
-        scheduler.step()
-
-
 def _check_finite(value: Tensor, what: str, stage: str, epoch: int, step: int, info: DistInfo, last: Path) -> None:
     ok = bool(torch.isfinite(value).all())
     if info.distributed:  # every rank must stop together, or the others wait forever in all-reduce
@@ -534,37 +459,6 @@ def _steps_per_epoch(stage: Stage, cfg: Config, info: DistInfo) -> int:
     if steps <= 0:
         raise LimbscanError(f"{stage.name}: the training split gives no batches (is the dataset split?)")
     return steps
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``; a line torn by a kill is left out."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _rewrite_metrics(path: Path, stage: str, history: list[dict]) -> None:
-    # The checkpoint's history is the truth for this stage: lines past it (from a killed epoch, or a
-    # run started over) go, and a line lost between checkpoint and append comes back.
-    kept = [r for r in read_metrics(path) if r.get("stage") != stage] + history
-    if kept or path.exists():
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _tensorboard(cfg: Config, out: Path, stage: str, info: DistInfo, purge_step: int) -> Any:
