@@ -8,8 +8,10 @@ way for all of them, in the manner of torchvision's ``references/detection``:
   then a cosine / step / constant schedule, or a one-cycle schedule, stepped per optimiser step
   (:mod:`limbscan.train.optim`);
 - gradients clipped by their total L2 norm (all parameters together) at ``train.grad_clip``;
-- AMP (``torch.autocast`` + ``GradScaler``) and channels-last memory only on CUDA: on CPU both cost
-  time and change numerics for nothing;
+- AMP (``torch.autocast`` + ``GradScaler``) and ``train.channels_last`` (the whole model and its
+  batches) only on CUDA; the CNN backbones run channels-last on every device regardless (the models
+  set it): measured on 2 CPU cores, a training step 1.2x (detector) to 1.55x (classifiers) faster
+  than contiguous (README, "Training speed");
 - a checkpoint each epoch, written atomically, with everything a resumed run needs to end on the
   same weights as an unkilled one (RNG states included); ``best.pt`` is the epoch with the best
   ``val_auc`` so far (ties keep the earlier epoch);
