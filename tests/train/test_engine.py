@@ -1,4 +1,4 @@
-"""The training engine on a toy stage: learning, checkpoints, best epoch, logs, NaN stop."""
+"""The training engine on a toy stage: learning, checkpoints, best epoch, logs, NaN stop, resume."""
 
 from __future__ import annotations
 
@@ -108,6 +108,21 @@ def test_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path):
     with pytest.raises(LimbscanError, match="no checkpoint was written yet"):
         fit(_stage(epochs=2, nan_at=(1, 1)), tmp_path, _cfg(), progress=False)
     assert not (tmp_path / "toy" / "last.pt").exists()
+
+
+def test_resume_after_a_stop_goes_on_at_the_next_epoch_and_keeps_the_earlier_ones(tmp_path):
+    with pytest.raises(LimbscanError):  # stops in epoch 2, after epoch 1's checkpoint
+        fit(_stage(epochs=3, nan_at=(2, 3)), tmp_path, _cfg(), progress=False)
+    first = load_checkpoint(tmp_path / "toy" / "last.pt")["history"]
+    stage = _stage(epochs=3)
+    trained: list[int] = []
+    loader = stage.train_loader
+    stage.train_loader = lambda epoch, rank, world: trained.append(epoch) or loader(epoch, rank, world)
+    result = fit(stage, tmp_path, _cfg(), resume=True, progress=False)
+    assert trained[1:] == [1, 2]  # (the first call only counts the steps) epochs 2 and 3, 0-based
+    assert result.epochs == 3 and result.history[0] == first[0] and len(result.step_losses) == 2 * 12
+    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert load_checkpoint(result.last_path)["scheduler"]["last_epoch"] == 3 * 12
 
 
 def test_resume_of_a_finished_stage_does_not_train_again(tmp_path):
