@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from limbscan.train import load_checkpoint
-from limbscan.train.engine import read_metrics
+from limbscan.train.records import read_metrics
 
 TOY = Path(__file__).with_name("toystage.py")
 

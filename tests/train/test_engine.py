@@ -1,4 +1,4 @@
-"""The training engine on a toy stage: learning, schedule, checkpoints, best epoch, logs, NaN stop."""
+"""The training engine on a toy stage: learning, checkpoints, best epoch, logs, NaN stop, resume."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import importlib.util
 import json
 import math
 import random
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ from limbscan.config import Config
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.train import fit, load_checkpoint, save_checkpoint, seed_everything
 from limbscan.train.checkpoint import rng_state, set_rng_state
-from limbscan.train.engine import lr_factor, read_metrics, step_schedule, to_device
+from limbscan.train.engine import to_device
+from limbscan.train.records import read_metrics
 
 _spec = importlib.util.spec_from_file_location("limbscan_test_toystage", Path(__file__).with_name("toystage.py"))
 toystage = importlib.util.module_from_spec(_spec)
@@ -110,6 +110,21 @@ def test_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path):
     assert not (tmp_path / "toy" / "last.pt").exists()
 
 
+def test_resume_after_a_stop_goes_on_at_the_next_epoch_and_keeps_the_earlier_ones(tmp_path):
+    with pytest.raises(LimbscanError):  # stops in epoch 2, after epoch 1's checkpoint
+        fit(_stage(epochs=3, nan_at=(2, 3)), tmp_path, _cfg(), progress=False)
+    first = load_checkpoint(tmp_path / "toy" / "last.pt")["history"]
+    stage = _stage(epochs=3)
+    trained: list[int] = []
+    loader = stage.train_loader
+    stage.train_loader = lambda epoch, rank, world: trained.append(epoch) or loader(epoch, rank, world)
+    result = fit(stage, tmp_path, _cfg(), resume=True, progress=False)
+    assert trained[1:] == [1, 2]  # (the first call only counts the steps) epochs 2 and 3, 0-based
+    assert result.epochs == 3 and result.history[0] == first[0] and len(result.step_losses) == 2 * 12
+    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert load_checkpoint(result.last_path)["scheduler"]["last_epoch"] == 3 * 12
+
+
 def test_resume_of_a_finished_stage_does_not_train_again(tmp_path):
     done = fit(_stage(epochs=2), tmp_path, _cfg(), progress=False)
     stage = _stage(epochs=2, nan_at=(1, 1))  # would fail if it trained a step
@@ -161,25 +176,6 @@ def test_max_steps_per_epoch_caps_the_epoch(tmp_path):
 def test_tensorboard_writes_events_when_asked(tmp_path):
     fit(_stage(epochs=1), tmp_path, _cfg(tensorboard=True), progress=False)
     assert list((tmp_path / "tensorboard" / "toy").glob("events.out.tfevents.*"))
-
-
-def test_lr_factor_warms_up_then_follows_the_schedule():
-    cosine = lr_factor("cosine", warmup_steps=10, total_steps=110)
-    assert [round(cosine(s), 6) for s in range(3)] == [0.1, 0.2, 0.3]
-    assert cosine(9) == pytest.approx(1.0)
-    assert cosine(60) == pytest.approx(0.5)
-    assert cosine(110) == pytest.approx(0.0, abs=1e-9)
-    factors = [cosine(s) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(factors, factors[1:]))
-    step = lr_factor("step", warmup_steps=0, total_steps=90)
-    assert step(0) == 1.0 and step(59) == 1.0 and step(61) == pytest.approx(0.1) and step(85) == pytest.approx(0.01)
-    constant = lr_factor("constant", warmup_steps=4, total_steps=100)
-    assert constant(1) == 0.5 and constant(99) == 1.0
-    with pytest.raises(LimbscanError, match="cosine"):
-        lr_factor("linear", 0, 10)
-    # a run shorter than five warm-ups warms up over its first fifth only
-    short = lr_factor("constant", warmup_steps=50, total_steps=20)
-    assert [short(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
 
 
 def test_save_checkpoint_is_atomic(tmp_path):
@@ -267,19 +263,3 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
         save_checkpoint({"format": 1, "epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-def test_a_schedule_step_after_a_step_the_amp_scaler_skipped_is_quiet_and_still_counts():
-    """Under AMP the first optimizer steps can be skipped (overflowing gradients): the schedule
-    advances all the same, without PyTorch's warning about the order in the log."""
-    weight = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([weight], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # any warning fails the test
-        step_schedule(sched)  # no optimizer.step() before it, as when the scaler skipped it
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
-    with pytest.warns(UserWarning, match="lr_scheduler.step"):  # what PyTorch says unfiltered
-        weight2 = torch.nn.Parameter(torch.zeros(1))
-        opt2 = torch.optim.SGD([weight2], lr=1.0)
-        torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 1.0).step()

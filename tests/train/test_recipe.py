@@ -1,5 +1,5 @@
-"""Per-scenario config overrides, AdamW and one-cycle, the whole-image input (squash, mirrored
-test-time average) and the cross-hospital augmentation."""
+"""Per-scenario config overrides, the whole-image input (squash, mirrored test-time average) and
+the cross-hospital augmentation (AdamW and one-cycle: test_optim.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from limbscan.models.loading import load_checkpoint
 from limbscan.rundir import RunDir
 from limbscan.scenarios.base import Batch, ImageInput
 from limbscan.scenarios.whole_image import WholeImageScenario
-from limbscan.train.engine import build_optimizer, lr_factor
 from limbscan.train.runner import train
 
 # -- per-scenario overrides -----------------------------------------------------------------
@@ -52,42 +51,6 @@ def test_stage_overrides_apply_to_their_scenario_alone():
 def test_bad_overrides_are_refused_at_load_naming_the_key(override, message):
     with pytest.raises(LimbscanError, match=message):
         load_config(None, [override])
-
-
-# -- optimiser and schedule -----------------------------------------------------------------
-
-
-def test_one_cycle_rises_to_the_peak_at_30_percent_then_anneals_to_nearly_zero():
-    f = lr_factor("onecycle", warmup_steps=50, total_steps=100)  # warmup_steps is not used
-    values = [f(s) for s in range(100)]
-    assert values[0] == pytest.approx(1 / 25)
-    assert values[30] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(values[:30], values[1:31]))
-    assert all(a >= b for a, b in zip(values[30:], values[31:]))
-    assert f(100) == pytest.approx(1 / 25e4)
-    # the same curve as torch's OneCycleLR with its defaults (cos annealing, pct_start 0.3)
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=101, cycle_momentum=False)
-    ours = []
-    for _ in range(101):
-        ours.append(opt.param_groups[0]["lr"])
-        opt.step()
-        ref.step()
-    # (torch ends its rise one step earlier: 0.3 * total - 1)
-    assert ours[::5] == pytest.approx([lr_factor("onecycle", 0, 101)(s) for s in range(0, 101, 5)], abs=0.025)
-
-
-def test_adamw_keeps_each_groups_learning_rate_and_decay():
-    cfg = Config()
-    cfg.train.optimizer = "adamw"
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
-    opt = build_optimizer([{"params": a.parameters(), "lr": 5e-4, "weight_decay": 0.01},
-                           {"params": b.parameters(), "lr": 1e-3, "weight_decay": 0.0}], cfg)
-    assert isinstance(opt, torch.optim.AdamW)
-    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(5e-4, 0.01), (1e-3, 0.0)]
-    cfg.train.optimizer = "sgd"
-    assert isinstance(build_optimizer([{"params": a.parameters()}], cfg), torch.optim.SGD)
 
 
 # -- augmentation ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from limbscan.train import load_checkpoint
-from limbscan.train.engine import read_metrics
+from limbscan.train.records import read_metrics
 
 TOY = Path(__file__).with_name("toystage.py")
 

@@ -18,7 +18,7 @@ from limbscan.errors import LimbscanError
 from limbscan.scenarios import cascade as cascade_module
 from limbscan.scenarios.cascade import cascade_score, context_box, jitter_box
 from limbscan.scenarios.stage import auc_or_none, train_loader
-from limbscan.train.engine import read_metrics
+from limbscan.train.records import read_metrics
 from limbscan.train.runner import make_stage, prepare, scenario_names, train
 
 TINY = "mobilenetv3_small_050"

@@ -3,6 +3,7 @@
 A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weights_only=True``
 (no pickled code runs on load), so everything in it is tensors, numbers, strings, lists,
 tuples and dicts: NumPy's generator state is stored as a tensor for that reason.
+:func:`stage_checkpoint` says what a stage's ``last.pt`` and ``best.pt`` hold.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from limbscan.config import Config, config_to_dict
 from limbscan.errors import LimbscanError
-from limbscan.models.loading import CHECKPOINT_FORMAT as FORMAT  # noqa: F401  (read in models/loading.py)
+from limbscan.models.loading import CHECKPOINT_FORMAT as FORMAT  # checked on load, in models/loading.py
 from limbscan.models.loading import load_checkpoint  # noqa: F401
 from limbscan.rundir import BEST, LAST  # noqa: F401  (named in limbscan.rundir; imported from here too)
 from limbscan.utils.files import atomic_file, temp_glob
@@ -40,6 +42,44 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             ) from err
         raise
     return path
+
+
+def stage_checkpoint(
+    stage: Any,
+    cfg: Config,
+    *,
+    epoch: int,
+    model: torch.nn.Module,
+    rngs: list[dict[str, Any]],
+    best_auc: float | None,
+    best_epoch: int | None,
+    history: list[dict],
+    world_size: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """A stage's checkpoint after ``epoch`` epochs: all that a resumed run reads back to go on as
+    if never stopped (``rngs``: each rank's :func:`rng_state`), and what loading the model needs
+    (``stage.checkpoint_extra``). Without an optimiser (a stage fitted without gradients) its
+    state, the schedule's and the scaler's are empty."""
+    return {
+        "format": FORMAT,
+        "stage": stage.name,
+        "epoch": epoch,
+        "epochs": stage.epochs,
+        "model": model.state_dict(),
+        "optimizer": {} if optimizer is None else optimizer.state_dict(),
+        "scheduler": {} if scheduler is None else scheduler.state_dict(),
+        "scaler": {} if scaler is None else scaler.state_dict(),
+        "rng": rngs,
+        "config": config_to_dict(cfg),
+        "best_auc": best_auc,
+        "best_epoch": best_epoch,
+        "history": history,
+        "world_size": world_size,
+        "extra": dict(getattr(stage, "checkpoint_extra", {})),
+    }
 
 
 def sweep_temp_files(folder: str | Path) -> None:

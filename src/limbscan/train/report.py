@@ -15,7 +15,7 @@ from limbscan.data.dataset import Dataset
 from limbscan.data.stats import stats_markdown, stats_table
 from limbscan.rundir import RunDir
 from limbscan.scenarios import info, names
-from limbscan.train.engine import read_metrics
+from limbscan.train.records import read_metrics
 from limbscan.utils.files import write_text_atomic
 
 SYNTHETIC_BANNER = (
