@@ -146,16 +146,31 @@ def test_config_from_dict_checks_values_and_round_trips():
 def test_check_config_checks_a_config_changed_in_python():
     cfg = Config()
     assert check_config(cfg) is cfg
-    cfg.train.schedule = "cosin"  # dataclass assignment is not checked ...
+    cfg.train.schedule = "cosin"  # assignment is not checked ...
     with pytest.raises(LimbscanError, match="train.schedule 'cosin' is not one of cosine, step, constant"):
         check_config(cfg)  # ... check_config is
     cfg = Config()
     cfg.train.lr_backbone = "1e-3"  # from Python a string is a mistake, not YAML's reading of a number
     with pytest.raises(LimbscanError, match="train.lr_backbone '1e-3' must be a number"):
         check_config(cfg)
-    # A section alone is named by its place in Config.
+    # A section alone is named by its place in Config, changed in Python ...
+    augment = AugmentConfig()
+    augment.p_flip = -0.1
     with pytest.raises(LimbscanError, match="data.augment.p_flip -0.1 must be a probability"):
-        check_config(AugmentConfig(p_flip=-0.1))
+        check_config(augment)
+    # ... or built in Python, which checks it.
+    with pytest.raises(LimbscanError, match="data.augment.p_flip -0.1 must be a probability"):
+        AugmentConfig(p_flip=-0.1)
+    with pytest.raises(LimbscanError, match="unknown key data.augment.p_flop"):
+        AugmentConfig(p_flop=0.1)
+
+
+def test_a_saved_config_reads_as_written():
+    # An int in a number field stays an int, so a run folder's config.yaml round-trips unchanged.
+    cfg = load_config(None, ["fusion.C=2", "train.lr_heads=1e-3"])
+    tree = config_to_dict(cfg)
+    assert type(tree["fusion"]["C"]) is int and type(tree["train"]["lr_heads"]) is float
+    assert yaml.safe_dump(config_to_dict(config_from_dict(tree))) == yaml.safe_dump(tree)
 
 
 def test_importing_config_does_not_import_torch():

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,7 @@ class FusedStage:
             "inputs": list(INPUTS),
             "base_sha256": {n: sha256_file(self.out.best(n)) for n in INPUTS},
             "val_image_ids": [int(im["id"]) for im in run.val_images],
-            "fusion": asdict(self.cfg.fusion),
+            "fusion": self.cfg.fusion.model_dump(),
             "seed": int(self.cfg.train.seed),
         }
         self.checkpoint_extra: dict[str, Any] = {"scenario": NAME, **self.fingerprint}

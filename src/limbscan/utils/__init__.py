@@ -1,6 +1,7 @@
 """Shared plumbing at the bottom of the package: atomic file writes and digests
-(:mod:`limbscan.utils.files`, stdlib only) and the ``torchrun`` process group
-(:mod:`limbscan.utils.distributed`). Nothing here imports the rest of limbscan.
+(:mod:`limbscan.utils.files`, stdlib only), the ``torchrun`` process group
+(:mod:`limbscan.utils.distributed`) and pydantic pieces for settings read from YAML
+(:mod:`limbscan.utils.validation`). Nothing here imports the rest of limbscan.
 """
 
 from limbscan.utils.files import (
