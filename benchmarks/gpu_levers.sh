@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's levers by 3-fold cross-validation, and configs/cpu.yaml with more epochs, on one GPU.
+# Training options by 3-fold cross-validation, and configs/cpu.yaml with more epochs, on one GPU.
 #
 #   benchmarks/gpu_levers.sh LOWER_FRACATLAS UPPER_FRACATLAS OUT [DEADLINE_S]
 #

@@ -18,7 +18,7 @@ from limbscan.models.backbones import create_backbone, get_spec
 class Classifier(nn.Module):
     """backbone -> pooled features -> dropout -> Linear(1); ``forward`` returns logits ``[B]``."""
 
-    # Channels-last on every device: oneDNN's fast path on a CPU (README, "Models and training";
+    # Channels-last on every device: oneDNN's fast path on a CPU (docs/training.md, "Models and training";
     # benchmarks/train_speed.py measures it against contiguous), tensor cores' on CUDA.
     # :func:`~limbscan.models.backbones.set_memory_format` changes it.
     memory_format = torch.channels_last

@@ -11,7 +11,7 @@ way for all of them, in the manner of torchvision's ``references/detection``:
 - AMP (``torch.autocast`` + ``GradScaler``) and ``train.channels_last`` (the whole model and its
   batches) only on CUDA; the CNN backbones run channels-last on every device regardless (the models
   set it): measured on 2 CPU cores, a training step 1.2x (detector) to 1.55x (classifiers) faster
-  than contiguous (README, "Training speed");
+  than contiguous (docs/benchmarks.md, "Training speed");
 - a checkpoint each epoch, written atomically, with everything a resumed run needs to end on the
   same weights as an unkilled one (RNG states included); ``best.pt`` is the epoch with the best
   ``val_auc`` so far (ties keep the earlier epoch);
