@@ -24,8 +24,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks._common import write_report
-from limbscan.scenarios.fused import INPUTS, MEASURED, FusionEstimator
+from limbscan.scenarios.fused import INPUTS
 from limbscan.train.cv import read_oof_scores
+from limbscan.train.stages.fused import MEASURED, FusionEstimator
 
 BASELINE = "whole-image"
 AS_TRAINED = "fused"

@@ -226,7 +226,7 @@ class SearchConfig(_Section):
 
 class FusionConfig(_Section):
     """The fused scenario: the other scenarios' scores of one image combined, fitted on the
-    validation split (see :mod:`limbscan.scenarios.fused`)."""
+    validation split (see :mod:`limbscan.train.stages.fused`)."""
 
     # "logistic": L2 logistic regression on the scores' logits; "rank": a weighted average of
     # their ranks among the validation scores, then Platt-scaled. Both are measured; this one is used.

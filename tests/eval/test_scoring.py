@@ -11,7 +11,7 @@ from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
 from limbscan.scenarios import info
 from limbscan.scenarios.scoring import score_run, trained_scenarios, validation_scores
-from limbscan.scenarios.stage import auc_or_none
+from limbscan.train.stages.base import auc_or_none
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_validation_evaluation_and_prediction_give_one_score(agreement, scenario
 
 @pytest.mark.parametrize("scenario", names())
 def test_the_validation_auc_that_chose_best_pt_is_the_one_of_its_scores(agreement, scenario):
-    from limbscan.scenarios.stage import auc_or_none
+    from limbscan.train.stages.base import auc_or_none
 
     ds, val, saved, _, _, run = agreement
     summary = json.loads(RunDir(run).summary.read_text())["scenarios"][scenario]

@@ -14,7 +14,8 @@ from limbscan.data.datasets import JoinedDataset, WholeImageDataset
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
-from limbscan.train.runner import load_auxiliary, make_stage, prepare, train
+from limbscan.train.runner import load_auxiliary, prepare, train
+from limbscan.train.stages import make_stage
 from limbscan.utils.files import sha256_file
 
 

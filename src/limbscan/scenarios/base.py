@@ -29,7 +29,6 @@ from limbscan.rundir import RunDir
 if TYPE_CHECKING:
     from limbscan.data.dataset import Dataset
     from limbscan.models.detector import Detector, DetectorPass
-    from limbscan.scenarios.stage import RunData
 
 Classify = Callable[[Tensor], Tensor]  # [B, 1, S, S] in [0, 1] -> logits [B]
 
@@ -196,10 +195,10 @@ def probabilities(classify: Classify, x: Tensor) -> list[float]:
 class Scenario(ABC):
     """One way of scoring an image, registered in :mod:`limbscan.scenarios`.
 
-    A subclass sets ``name``, builds itself from a run or bundle folder (:meth:`load`), scores a
-    batch (:meth:`score`) and makes its training stage (:meth:`make_stage`). ``cache_side`` is
-    the longest side its images are resized to; ``classifier`` its CNN where it has one
-    (Grad-CAM explains that one).
+    A subclass sets ``name``, builds itself from a run or bundle folder (:meth:`load`) and scores a
+    batch (:meth:`score`). ``cache_side`` is the longest side its images are resized to;
+    ``classifier`` its CNN where it has one (Grad-CAM explains that one). How it trains is not
+    its business: its training stage asks it for its scoring, never the other way round.
     """
 
     name: ClassVar[str]
@@ -216,11 +215,6 @@ class Scenario(ABC):
     @abstractmethod
     def score(self, batch: Batch) -> list[Finding]:
         """One :class:`Finding` per image of ``batch``, in order."""
-
-    @classmethod
-    @abstractmethod
-    def make_stage(cls, run: RunData, out: RunDir, resume: bool = False, progress: bool = False) -> Any:
-        """Its training stage (a :class:`limbscan.train.engine.Stage`) for the run in ``out``."""
 
     def settings(self) -> dict[str, Any]:
         """What a bundle's manifest records of how this scenario scores (sizes, rules)."""

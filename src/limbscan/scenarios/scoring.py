@@ -86,7 +86,7 @@ def validation_scores(
     (:meth:`~limbscan.scenarios.base.Scenario.held_out_scores`), never its in-sample ones.
 
     ``train_images``: every image trained on (auxiliary ones included), for the body parts seen;
-    ``training_data``: the datasets trained on (:meth:`~limbscan.scenarios.stage.RunData.training_data`).
+    ``training_data``: the datasets trained on (each training source's provenance).
     """
     scored = score_run(run, ds, val_images)
     ids = [int(im["id"]) for im in val_images]

@@ -1,4 +1,4 @@
-"""Training: one engine for every stage (:func:`fit`), and the scenarios built on it."""
+"""Training: one engine for every stage (:func:`fit`), and each scenario's stage (:mod:`limbscan.train.stages`)."""
 
 from limbscan.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from limbscan.train.engine import FitResult, Stage, fit

@@ -1,10 +1,10 @@
 """``limbscan train``: the registered scenarios trained in order, each as a stage of the one engine.
 
-Each scenario makes its own stage (``Scenario.make_stage``, see :mod:`limbscan.scenarios`) and
-validates through its own scoring, so the validation AUC that picks ``best.pt`` is computed on
-the numbers ``evaluate`` and ``predict`` give. When the stages are done, ``val_scores.json``
-holds every trained scenario's validation scores from its best checkpoint (where the operating
-thresholds are chosen) and ``train.json`` / ``report.md`` say what was trained.
+Each scenario trains as its stage (:func:`limbscan.train.stages.make_stage`, by name), which
+validates through the scenario's own scoring, so the validation AUC that picks ``best.pt`` is
+computed on the numbers ``evaluate`` and ``predict`` give. When the stages are done,
+``val_scores.json`` holds every trained scenario's validation scores from its best checkpoint
+(where the operating thresholds are chosen) and ``train.json`` / ``report.md`` say what was trained.
 
 Every model normalises with the training split's pixel mean and std; class imbalance is handled
 by ``train.balance``: ``sampler`` (class-balanced draws, with replacement), ``loss`` (BCE
@@ -34,12 +34,13 @@ from limbscan.data.datasets import pixel_stats
 from limbscan.errors import LimbscanError
 from limbscan.rundir import RunDir
 from limbscan.scenarios import names as scenario_names_in_order
-from limbscan.scenarios import parse_scenarios, scenario_class
+from limbscan.scenarios import parse_scenarios
 from limbscan.scenarios.scoring import validation_scores
-from limbscan.scenarios.stage import AUXILIARY, RunData, TrainSource
 from limbscan.train.checkpoint import seed_everything
 from limbscan.train.engine import FitResult, fit
 from limbscan.train.report import write_training_report
+from limbscan.train.stages import make_stage
+from limbscan.train.stages.base import AUXILIARY, RunData, TrainSource
 from limbscan.utils.distributed import DistInfo, init_distributed, shutdown_distributed
 from limbscan.utils.files import write_json_atomic
 
@@ -126,11 +127,6 @@ def cached_dataset(ds: Dataset, cfg: Config, info: DistInfo, progress: bool = Tr
     return ds
 
 
-def make_stage(name: str, run: RunData, out: str | Path, resume: bool = False, progress: bool = False):
-    """The training stage of scenario ``name``, asked of its registered class."""
-    return scenario_class(name).make_stage(run, RunDir(out), resume, progress)
-
-
 def write_val_scores(out: Path, run: RunData, training_data: list[dict] | None = None) -> Path:
     path = RunDir(out).val_scores
     train_images = [im for source in run.train_sources for im in source.images]
@@ -206,7 +202,6 @@ def train(
 __all__ = [
     "cached_dataset",
     "load_auxiliary",
-    "make_stage",
     "prepare",
     "scenario_names",
     "train",

@@ -1,4 +1,5 @@
-"""The three scenarios on tiny synthetic phantoms with a tiny random-init backbone: they train, their loss falls."""
+"""The training stages on tiny synthetic phantoms with a tiny random-init backbone: they train, their loss
+falls; the runner trains them in order."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from limbscan.data.dataset import Dataset
 from limbscan.data.split import split_dataset
 from limbscan.data.synth import synthesize
 from limbscan.errors import LimbscanError
-from limbscan.scenarios import cascade as cascade_module
-from limbscan.scenarios.cascade import cascade_score, context_box, jitter_box
-from limbscan.scenarios.stage import auc_or_none, train_loader
+from limbscan.scenarios import names
 from limbscan.train.records import read_metrics
-from limbscan.train.runner import make_stage, prepare, scenario_names, train
+from limbscan.train.runner import prepare, scenario_names, train
+from limbscan.train.stages import STAGES, make_stage
+from limbscan.train.stages import cascade as cascade_module
+from limbscan.train.stages.base import auc_or_none, train_loader
+from limbscan.train.stages.cascade import context_box, jitter_box
 
 TINY = "mobilenetv3_small_050"
 
@@ -247,14 +250,6 @@ def test_context_box_holds_the_lesion_inside_the_image_at_the_drawn_size():
             assert y1 - y0 == pytest.approx(max(share[1] * 100, 20))
 
 
-def test_cascade_score_rules():
-    assert cascade_score(0.8, 0.2, "crop") == pytest.approx(0.8)
-    assert cascade_score(0.8, 0.2, "geomean") == pytest.approx(0.4)
-    assert cascade_score(0.8, 0.0, "geomean") == 0.0
-    with pytest.raises(LimbscanError, match="cascade score rule 'max'"):
-        cascade_score(0.8, 0.2, "max")
-
-
 def test_scenario_names_and_auc_helpers():
     assert scenario_names("all") == ["whole-image", "detector", "cascade", "fused"]
     assert scenario_names("cascade,detector") == ["detector", "cascade"]
@@ -262,6 +257,13 @@ def test_scenario_names_and_auc_helpers():
         scenario_names("mask-rcnn")
     assert auc_or_none([1, 1], [0.2, 0.9]) is None
     assert auc_or_none([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+
+
+def test_every_registered_scenario_has_its_stage_under_its_name(phantoms):
+    assert list(STAGES) == list(names())  # the table follows the registry, in training order
+    assert all(stage.name == name for name, stage in STAGES.items())  # checkpoints' "stage", folder names
+    with pytest.raises(LimbscanError, match="no training stage for scenario 'mask-rcnn'"):
+        make_stage("mask-rcnn", prepare(Dataset.load(phantoms), _cfg()), "unused")
 
 
 def test_undecodable_images_are_left_out_and_named(tmp_path, capsys):

@@ -1,16 +1,15 @@
-"""What the scenarios' training stages share: the run's data, the epoch loader, the classifier
-stage's loss, and validation through the scenario's own scoring.
+"""What the training stages share: the run's data, the epoch loader, the classifier stages' BCE
+step, and validation through the scenario's own scoring.
 
 Training data comes in sources (:class:`TrainSource`): the main dataset's train split, then each
 auxiliary dataset whole (``data.auxiliary``). A stage makes one torch dataset per source and
 joins them (:func:`~limbscan.data.datasets.join_sources`); :func:`train_loader` then draws each
 source in its share. Validation, pixel statistics and thresholds come from the main dataset only.
 
-A stage is what :func:`limbscan.train.engine.fit` trains (see its ``Stage`` protocol); each
-scenario module defines its own and makes it in ``Scenario.make_stage``. Validation scores the
-validation split through the very :class:`~limbscan.scenarios.base.Scenario` that ``evaluate``
-and ``predict`` use, with the model being trained, so the AUC that picks ``best.pt`` is computed
-on the numbers those give.
+A stage is what :func:`limbscan.train.engine.fit` trains (see its ``Stage`` protocol). Its
+validation scores the validation split through the very :class:`~limbscan.scenarios.base.Scenario`
+that ``evaluate`` and ``predict`` use, with the model being trained, so the AUC that picks
+``best.pt`` is computed on the numbers those give.
 """
 
 from __future__ import annotations
