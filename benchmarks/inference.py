@@ -59,7 +59,8 @@ from benchmarks._common import (
     write_report,
 )
 from benchmarks.inference_profile import print_profile, profile_limbscan
-from limbscan.scenarios import default_scenario, names
+from limbscan.bundle.default import default_scenario
+from limbscan.scenarios import names
 
 SCENARIOS = names()  # the registered scenarios (torch-free table)
 FORMATS = ("jpeg", "dicom")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from limbscan.bundle import read_manifest
+from limbscan.bundle.manifest import read_manifest
 from limbscan.data.cache import as_cached
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.gate import GATE_OFF, OUT_OF_SCOPE, ScopeVerdict

@@ -12,12 +12,14 @@ from sklearn.metrics import roc_auc_score
 from limbscan.eval.metrics import (
     METRICS,
     MetricsInputError,
+    auc_or_none,
     binary_metrics,
     bootstrap_auc_diff,
     bootstrap_ci,
     choose_threshold,
     delong_ci,
     delong_test,
+    format_metric,
     undefined_reason,
 )
 
@@ -113,6 +115,14 @@ def test_one_class_auc_undefined_other_metrics_computed(labels, reason, defined,
 def test_undefined_reason_both_classes():
     assert undefined_reason([0, 1, 0]) is None
     assert undefined_reason([]) == "no images"
+
+
+def test_auc_or_none_is_none_without_two_classes_and_formats_as_undefined():
+    labels, scores = hand_case()
+    assert auc_or_none(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert auc_or_none([1, 1], [0.2, 0.4]) is None and auc_or_none([], []) is None
+    assert format_metric(auc_or_none([0, 0], [0.2, 0.4])) == "undefined" == format_metric(float("nan"))
+    assert format_metric(0.91234) == "0.912" and format_metric(0.5, digits=1) == "0.5"
 
 
 @pytest.mark.parametrize(

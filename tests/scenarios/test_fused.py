@@ -27,7 +27,7 @@ from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
 from limbscan.models.loading import load_checkpoint
 from limbscan.rundir import RunDir
-from limbscan.scenarios import choose_default, default_scenario, names
+from limbscan.scenarios import names
 from limbscan.scenarios.fused import EQUAL, INPUTS, LOGISTIC, RANK
 from limbscan.train.stages.fused import out_of_fold
 
@@ -164,20 +164,6 @@ def test_the_default_is_the_best_cross_validated_auc_and_the_reason_names_it(fus
                                           f"{best:.3f} vs ")
     for name in m["scenarios"]:
         assert f"{aucs[name]:.3f}" in m["default_reason"]
-
-
-def test_choose_default_by_auc_with_ties_to_the_unfitted_scenario():
-    assert choose_default({"whole-image": 0.90, "detector": 0.83, "cascade": 0.85, "fused": 0.91}) == (
-        "fused", "fused: best validation AUC (fused: out-of-fold; the others: their best epoch's), 0.910 vs whole-image 0.900, detector "
-                 "0.830, cascade 0.850")
-    name, why = choose_default({"whole-image": 0.92, "detector": 0.83, "cascade": 0.85, "fused": 0.91})
-    assert name == "whole-image" and why.startswith("whole-image: best validation AUC")
-    name, why = choose_default({"whole-image": 0.8, "cascade": 0.9, "fused": 0.9})
-    assert name == "cascade" and "tied with fused" in why  # a fitted scenario must win outright
-    name, why = choose_default({"whole-image": None, "cascade": None, "fused": None})
-    assert name == "cascade" and "no AUC to compare (one class in the validation split)" in why
-    # without scores, the fallback keeps the paper's best; fused only when it is all there is
-    assert default_scenario(list(names())) == "cascade" and default_scenario(["fused"]) == "fused"
 
 
 def test_predict_says_which_scenario_and_why(fused_bundle, fused_run, tmp_path):

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from limbscan.bundle import is_bundle
+from limbscan.bundle.default import default_for
+from limbscan.bundle.manifest import is_bundle, read_manifest
 from limbscan.data.dataset import Dataset
 from limbscan.errors import LimbscanError
 from limbscan.eval.localisation import localisation_summary
@@ -37,7 +38,7 @@ from limbscan.operating_points import (
     stored_thresholds,
 )
 from limbscan.rundir import RunDir
-from limbscan.scenarios import default_scenario, info
+from limbscan.scenarios import info
 from limbscan.scenarios.scoring import Scored, score_run, validation_scores
 
 # An image-level tag is reported per value when it takes few values (FracAtlas: 0 / 1 flags).
@@ -82,8 +83,6 @@ def _gradcam_localisation(bundle: Path, ds: Dataset, images: list[dict], s: Scor
 
 
 def _gate_report(run: Path, ds: Dataset, images: list[dict], progress: bool) -> dict[str, Any] | None:
-    from limbscan.bundle import read_manifest
-
     if not is_bundle(run) or not read_manifest(run, verify=False).get("gate"):
         return None
     from limbscan.gate.model import GATE_FILE, PixelGate, gate_counts, judge_files
@@ -101,8 +100,6 @@ def _bundle_points(
 
     A bundle exported before operating points has only its likely threshold: its suspected
     point is None, as predict and serve apply none."""
-    from limbscan.bundle import is_bundle, read_manifest
-
     if not is_bundle(run):
         return None
     manifest = read_manifest(run)
@@ -241,20 +238,6 @@ def _gallery(ds: Dataset, images: list[dict], s: Scored, threshold: float, truth
 SCORES_FILE = "scores.csv"
 
 
-def _default_for(run: Path, val: dict[str, Any], scenarios: list[str]) -> str:
-    """The scenario ``predict`` would use: a bundle's stored default; for a run, the one its
-    export would choose (best held-out AUC on ``val``)."""
-    from limbscan.bundle import default_from_validation, is_bundle, read_manifest
-
-    if is_bundle(run):
-        stored = read_manifest(run, verify=False)["default_scenario"]
-        if stored in scenarios:
-            return stored
-    if all(name in val["scores"] for name in scenarios):
-        return default_from_validation(val, scenarios)[0]
-    return default_scenario(scenarios)
-
-
 def _models(run: Path, scenarios: list[str]) -> dict[str, str]:
     """Which backbone each scenario's network uses, from its own checkpoint's config."""
     from limbscan.models.loading import load_checkpoint
@@ -391,7 +374,7 @@ def measure(
         boot = bootstrap_auc_diff(labels, scored[a].scores, scored[b].scores, groups=groups, n_boot=n_boot, seed=seed)
         metrics["comparisons"].append({"a": a, "b": b, "auc_diff": d["diff"], "delong_p": d["p"],
                                        "bootstrap_p": boot["p"]})
-    best = _default_for(run, val, list(scored))  # the gallery shows the one predict uses by default
+    best = default_for(run, val, list(scored))  # the gallery shows the one predict uses by default
     items = _gallery(ds, images, scored[best], metrics["scenarios"][best]["threshold"], truths) if gallery else None
     curves = {name: (s.labels, s.scores) for name, s in scored.items()}
     return Evaluation(metrics, curves, items, [int(im["id"]) for im in images])

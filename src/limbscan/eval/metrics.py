@@ -18,6 +18,7 @@ covariance, a vectorised weighted AUC for the bootstrap) is written here.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -91,6 +92,19 @@ def undefined_reason(labels: ArrayLike) -> str | None:
     return None
 
 
+def auc_or_none(labels: ArrayLike, scores: ArrayLike) -> float | None:
+    """ROC AUC of ``scores`` on ``labels``, or ``None`` where it is undefined (no images, or one class)."""
+    y, s = _check(labels, scores)
+    return None if undefined_reason(y) else float(roc_auc_score(y, s))
+
+
+def format_metric(value: float | None, digits: int = 3) -> str:
+    """A metric (an AUC, say) to ``digits`` decimals, or "undefined" where it is ``None`` or not finite."""
+    if value is None or not math.isfinite(value):
+        return "undefined"
+    return f"{float(value):.{digits}f}"
+
+
 def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> BinaryMetrics:
     """All image-level metrics at ``threshold``; AUC from the scores, independent of it."""
     y, s = _check(labels, scores)
@@ -121,7 +135,7 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Bi
         npv=_ratio(tn, tn + fn),
         f1=_nan_to_none(float(f1_score(y, pred, labels=[0, 1], zero_division=np.nan))),
         kappa=_nan_to_none(kappa),
-        auc=None if reason else float(roc_auc_score(y, s)),
+        auc=auc_or_none(y, s),
         auc_undefined_reason=reason,
     )
 

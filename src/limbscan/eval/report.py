@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from limbscan.eval import figures as fig
+from limbscan.eval.metrics import format_metric
 from limbscan.io.meta import BODY_PARTS
 from limbscan.utils.files import write_json_atomic, write_text_atomic
 
@@ -84,15 +85,13 @@ def _table(header: list[str], rows: list[list[str]], numeric: Sequence[bool] | N
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "undefined"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, str):  # e.g. the localisation's hit mode
         return value
-    return f"{float(value):.{digits}f}"
+    return format_metric(value, digits)  # None or not finite: "undefined"
 
 
 def _with_ci(value: Any, ci: Sequence[float] | None) -> str:
@@ -102,9 +101,7 @@ def _with_ci(value: Any, ci: Sequence[float] | None) -> str:
 
 
 def _p(p: Any) -> str:
-    if p is None:
-        return "undefined"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "< 0.001" if p is not None and p < 0.001 else format_metric(p)
 
 
 def _reason(entry: Mapping[str, Any], fallback: str | None = None) -> str:

@@ -35,7 +35,8 @@ class ScenarioInfo:
     needs: tuple[str, ...] = ()  # scenarios whose trained models it reads (trained before it)
     classifier: bool = False  # has a classifier of its own: Grad-CAM and ONNX export apply
     # Fitted on the validation split (the fused scenario's weights): its validation scores are
-    # out-of-fold, and without scores to compare it is never the default (see default_scenario).
+    # out-of-fold, and without scores to compare it is never the default
+    # (see limbscan.bundle.default.default_scenario).
     fitted_on_validation: bool = False
     summary: str = ""
     # From a config (as a plain dict, e.g. a checkpoint's): the model in a few words, and its backbone(s).
@@ -136,56 +137,9 @@ def classifier_scenarios() -> tuple[str, ...]:
     return tuple(s.name for s in _REGISTRY.values() if s.classifier)
 
 
-def default_scenario(available: list[str]) -> str:
-    """The default where no validation scores say which scenario is best: the last registered one
-    ``available`` holds that was not fitted on validation (the paper's best, the cascade, when
-    trained); a scenario fitted on validation (fused) only when nothing else is there.
-    A bundle chooses by held-out validation AUC instead (:func:`choose_default`)."""
-    for name in reversed(_REGISTRY):
-        if name in available and not _REGISTRY[name].fitted_on_validation:
-            return name
-    for name in reversed(_REGISTRY):
-        if name in available:
-            return name
-    raise LimbscanError("no scenario to choose a default from")
-
-
-def choose_default(aucs: dict[str, float | None], cv: str | None = None) -> tuple[str, str]:
-    """(scenario, why): the scenario with the best held-out AUC, from ``aucs`` (scenario -> AUC;
-    None where undefined). Without ``cv`` they are validation-split AUCs: for a scenario fitted on
-    validation (fused) its out-of-fold one, for the others their best epoch's (nothing was fitted
-    on validation but the epoch choice). With ``cv`` (a description such as "3-fold CV in
-    runs/cv") they are each scenario's mean AUC across the folds of ``limbscan cv``. A tie, or no
-    AUC at all, goes to :func:`default_scenario` among the tied: a fitted scenario must beat the
-    others outright."""
-    available = [name for name in _REGISTRY if name in aucs]
-    defined = {name: float(aucs[name]) for name in available if aucs[name] is not None}  # type: ignore[arg-type]
-    if not defined:
-        name = default_scenario(available)
-        where = f"the folds of {cv}" if cv else "the validation split"
-        return name, f"{name}: no AUC to compare (one class in {where}), the fallback default"
-    best = max(defined.values())
-    name = default_scenario([n for n, v in defined.items() if v == best])
-    others = ", ".join(f"{n} {_auc(aucs[n])}" for n in available if n != name)
-    tie = [n for n, v in defined.items() if v == best and n != name]
-    basis = (f"best cross-validated AUC (mean across the folds of {cv})" if cv else
-             "best validation AUC (fused: out-of-fold; the others: their best epoch's)")
-    why = f"{name}: {basis}, {defined[name]:.3f}"
-    why += f" vs {others}" if others else ""
-    if tie:
-        why += f" (tied with {', '.join(tie)}: a tie goes to the later scenario not fitted on validation)"
-    return name, why
-
-
-def _auc(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
-
-
 __all__ = [
     "ScenarioInfo",
-    "choose_default",
     "classifier_scenarios",
-    "default_scenario",
     "info",
     "names",
     "parse_scenarios",
