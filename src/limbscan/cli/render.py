@@ -23,10 +23,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
-
-
 def _warn(label: str, text: str) -> None:
     err_console.print(f"[yellow]{label}[/]: {text}", highlight=False, soft_wrap=True)
 
@@ -100,11 +96,12 @@ def anonymized(written: Sequence[Path], skipped_files: Sequence[Skipped], out: P
 
 # -- training -----------------------------------------------------------------------------
 def trained(results: dict[str, Any], out: Path) -> None:
+    from limbscan.eval.metrics import format_metric  # numpy: not at --help time
+
     for name, result in results.items():
-        auc = result.best_auc
         seconds = sum(h.get("seconds", 0.0) for h in result.history)
         console.print(
-            f"{name}: best validation AUC {'undefined' if auc is None else f'{auc:.3f}'} "
+            f"{name}: best validation AUC {format_metric(result.best_auc)} "
             f"(epoch {result.best_epoch} of {result.epochs}), {seconds:.0f} s training"
         )
     console.print(f"run saved in {out}")
@@ -132,6 +129,8 @@ def cross_validated(summary: dict[str, Any], k: int, folder: CvDir) -> None:
     table.add_column("scenario", no_wrap=True)  # names whole, however narrow the terminal
     for column in ("AUC mean ± sd", "pooled OOF AUC [95 % CI]", "folds"):
         table.add_column(column)
+    from limbscan.eval.metrics import format_metric as _fmt  # numpy: not at --help time
+
     for name, s in summary["scenarios"].items():
         mean = _fmt(s["auc_mean"]) + ("" if s["auc_sd"] is None else f" ± {s['auc_sd']:.3f}")
         ci = s["oof_auc_ci95"]
@@ -149,8 +148,10 @@ def timing(stages: list[dict[str, Any]]) -> None:
 
 
 def evaluation(metrics: dict[str, Any], out: Path) -> None:
+    from limbscan.eval.metrics import format_metric as _fmt  # numpy: not at --help time
+
     for name, m in metrics["scenarios"].items():
-        auc = "undefined" if m["auc"] is None else f"{m['auc']:.3f}"
+        auc = _fmt(m["auc"])
         ci = m.get("auc_ci95")
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         console.print(

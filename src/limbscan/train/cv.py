@@ -36,6 +36,7 @@ from limbscan.config import Config, check_config, config_to_dict, load_config, s
 from limbscan.data.dataset import DATASET_FILE, Dataset
 from limbscan.data.split import assign_folds, patient_key
 from limbscan.errors import LimbscanError
+from limbscan.eval.metrics import auc_or_none, format_metric
 from limbscan.operating_points import SUSPECTED_SENSITIVITY
 from limbscan.rundir import CvDir, RunDir
 from limbscan.scenarios import parse_scenarios, with_needs
@@ -140,7 +141,7 @@ def cross_validate(
             run.root.mkdir(parents=True, exist_ok=True)
             save_config(train_cfg, run.config)
         results = train(view, train_cfg, run.root, resume=run.metrics.is_file(), progress=progress)
-        aucs = ", ".join(f"{name} {_fmt(r.best_auc)}" for name, r in results.items())
+        aucs = ", ".join(f"{name} {format_metric(r.best_auc)}" for name, r in results.items())
         say(f"fold {i + 1}/{k}: best validation AUC {aucs} ({time.perf_counter() - started:.0f} s)")
 
     pending = [i for i in range(k) if not _fold_done(folder.fold(i), names, _val_ids(fold_of, i))]
@@ -183,7 +184,7 @@ def summarize(
             raise LimbscanError(f"{path}: no scores for {', '.join(missing)}")
         labels = [int(y) for y in val["labels"]]
         for name in names:
-            fold_auc[name].append(_auc(labels, val["scores"][name]))
+            fold_auc[name].append(auc_or_none(labels, val["scores"][name]))
         for j, image_id in enumerate(ids):
             scores[image_id] = {name: float(val["scores"][name][j]) for name in names}
         folds.append({"fold": i, "dir": folder.fold(i).root.name, "val_images": len(ids),
@@ -250,17 +251,8 @@ def _by_part(labels: np.ndarray, scores: np.ndarray, parts: list[str]) -> dict[s
     for part in sorted(set(parts)):
         idx = [i for i, p in enumerate(parts) if p == part]
         y = labels[idx]
-        out[part] = {"auc": _auc(y, scores[idx]), "n": len(idx), "n_abnormal": int(y.sum())}
+        out[part] = {"auc": auc_or_none(y, scores[idx]), "n": len(idx), "n_abnormal": int(y.sum())}
     return out
-
-
-def _auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(labels, dtype=int)
-    if y.size == 0 or y.min() == y.max():
-        return None
-    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
 def _write_oof(path: Path, images: list[dict], fold_of: dict[int, int], scores: dict[int, dict[str, float]],
@@ -359,10 +351,6 @@ def _differences(a: Any, b: Any, where: str = "") -> list[str]:
         return [d for key in sorted(set(a) | set(b))
                 for d in _differences(a.get(key), b.get(key), f"{where}.{key}" if where else key)]
     return [] if a == b else [where]
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
 
 
 class _Say:

@@ -13,6 +13,7 @@ from pathlib import Path
 from limbscan.config import Config, config_to_dict
 from limbscan.data.dataset import Dataset
 from limbscan.data.stats import stats_markdown, stats_table
+from limbscan.eval.metrics import format_metric
 from limbscan.rundir import RunDir
 from limbscan.scenarios import info, names
 from limbscan.train.records import read_metrics
@@ -23,10 +24,6 @@ SYNTHETIC_BANNER = (
     "These figures show the pipeline runs; they say nothing about real images."
 )
 AUXILIARY_SYNTHETIC_BANNER = "> **The auxiliary training data includes SYNTHETIC phantoms, not radiographs.**"
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "undefined" if value is None else f"{value:.{digits}f}"
 
 
 def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
@@ -50,7 +47,7 @@ def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
         seconds = sum(h.get("seconds", 0.0) for h in history if h["stage"] == name)
         lines.append(
             f"| {name} | {model.get(name, '')} | {r['epochs']} | {r['best_epoch']} | "
-            f"{_fmt(r['best_val_auc'])} | {seconds:.0f} s |"
+            f"{format_metric(r['best_val_auc'])} | {seconds:.0f} s |"
         )
     lines += [
         "",
@@ -62,7 +59,7 @@ def training_markdown(out: Path, ds: Dataset, cfg: Config) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {h['stage']} | {h['epoch']} | {_fmt(h.get('train_loss'), 4)} | {_fmt(h.get('val_auc'))} | "
+        f"| {h['stage']} | {h['epoch']} | {format_metric(h.get('train_loss'), 4)} | {format_metric(h.get('val_auc'))} | "
         f"{h.get('seconds', 0.0):.1f} |"
         for h in history
     ]
@@ -80,7 +77,7 @@ def _fusion_lines(history: list[dict]) -> list[str]:
     for h in history:
         rules = [k.removeprefix("cv_auc_") for k in h if k.startswith("cv_auc_") and not k.endswith("_sd")]
         if rules:
-            measured = ", ".join(f"{r} {_fmt(h[f'cv_auc_{r}'])} ± {_fmt(h.get(f'cv_auc_{r}_sd'))}" for r in rules)
+            measured = ", ".join(f"{r} {format_metric(h[f'cv_auc_{r}'])} ± {format_metric(h.get(f'cv_auc_{r}_sd'))}" for r in rules)
             lines += ["", f"{h['stage']}: cross-validated AUC of each fusion rule within the validation split "
                           f"(mean ± sd over reshuffled stratified k-folds): {measured}. Its validation AUC above "
                           "is out-of-fold: no weight saw the image it scored."]

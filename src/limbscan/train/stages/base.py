@@ -30,6 +30,7 @@ from limbscan.config import Config
 from limbscan.data.dataset import DATASET_FILE, Dataset
 from limbscan.data.datasets import JoinedDataset
 from limbscan.data.samplers import ShardedSampler, SourceMixSampler, class_balanced_sampler
+from limbscan.eval.metrics import auc_or_none
 from limbscan.scenarios.base import Finding, ImageInput, Scenario, score_images
 
 MAIN, AUXILIARY = "main", "auxiliary"  # a training source's role
@@ -99,15 +100,6 @@ class RunData:
     @property
     def val_labels(self) -> list[int]:
         return [int(im["label"]) for im in self.val_images]
-
-
-def auc_or_none(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    """ROC AUC, or None when the labels hold one class (AUC undefined)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(int(y) for y in labels)) < 2:
-        return None
-    return float(roc_auc_score(np.asarray(labels), np.asarray(scores, dtype=np.float64)))
 
 
 def validate_scenario(scenario: Scenario, run: RunData) -> dict[str, float | None]:
@@ -223,7 +215,6 @@ __all__ = [
     "ClassifierStage",
     "RunData",
     "TrainSource",
-    "auc_or_none",
     "paper_augment",
     "seed_for",
     "train_loader",

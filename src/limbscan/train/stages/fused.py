@@ -52,6 +52,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from limbscan.errors import LimbscanError
+from limbscan.eval.metrics import auc_or_none
 from limbscan.rundir import RunDir
 from limbscan.scenarios.fused import (
     EQUAL,
@@ -64,7 +65,7 @@ from limbscan.scenarios.fused import (
     logits,
     midranks,
 )
-from limbscan.train.stages.base import RunData, auc_or_none
+from limbscan.train.stages.base import RunData
 
 MEASURED = (LOGISTIC, RANK)  # the rules cross-validated side by side
 GRID_STEPS = 10  # rank rule: the mix's weights are multiples of 1 / GRID_STEPS
