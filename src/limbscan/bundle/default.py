@@ -15,21 +15,7 @@ from typing import Any
 from limbscan.bundle.manifest import is_bundle, read_manifest
 from limbscan.errors import BadInputError, LimbscanError
 from limbscan.rundir import CvDir
-from limbscan.scenarios import info, names
-
-
-def default_scenario(available: list[str]) -> str:
-    """The default where no validation scores say which scenario is best: the last registered one
-    ``available`` holds that was not fitted on validation (the paper's best, the cascade, when
-    trained); a scenario fitted on validation (fused) only when nothing else is there.
-    A bundle chooses by held-out validation AUC instead (:func:`choose_default`)."""
-    for name in reversed(names()):
-        if name in available and not info(name).fitted_on_validation:
-            return name
-    for name in reversed(names()):
-        if name in available:
-            return name
-    raise LimbscanError("no scenario to choose a default from")
+from limbscan.scenarios import default_scenario, names
 
 
 def choose_default(aucs: dict[str, float | None], cv: str | None = None) -> tuple[str, str]:

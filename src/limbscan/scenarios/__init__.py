@@ -137,7 +137,22 @@ def classifier_scenarios() -> tuple[str, ...]:
     return tuple(s.name for s in _REGISTRY.values() if s.classifier)
 
 
+
+def default_scenario(available: list[str]) -> str:
+    """The default where no validation scores say which scenario is best: the last registered one
+    ``available`` holds that was not fitted on validation (the paper's best, the cascade, when
+    trained); a scenario fitted on validation (fused) only when nothing else is there.
+    A bundle chooses by held-out validation AUC instead (:func:`limbscan.bundle.default.choose_default`)."""
+    for name in reversed(_REGISTRY):
+        if name in available and not _REGISTRY[name].fitted_on_validation:
+            return name
+    for name in reversed(_REGISTRY):
+        if name in available:
+            return name
+    raise LimbscanError("no scenario to choose a default from")
+
 __all__ = [
+    "default_scenario",
     "ScenarioInfo",
     "classifier_scenarios",
     "info",

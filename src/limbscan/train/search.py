@@ -67,8 +67,7 @@ def sample_trial(base: Config, rng: np.random.Generator) -> tuple[Config, dict[s
 def ranking_scenario(cfg: Config) -> str:
     """The scenario a search ranks by: the one a bundle of the trained scenarios would use by default
     (the paper's best, the cascade, when all are trained)."""
-    from limbscan.bundle.default import default_scenario
-    from limbscan.scenarios import parse_scenarios
+    from limbscan.scenarios import default_scenario, parse_scenarios
 
     return default_scenario(parse_scenarios(cfg.train.scenario))
 
