@@ -399,8 +399,13 @@ def _as_pixels(array: np.ndarray, name: str) -> np.ndarray:
 Model = Predictor
 
 
-def load(path: str | Path, runtime: str = "torch") -> Predictor:
-    """Load a bundle made by ``limbscan export``; checks its files against bundle.json."""
+def load(path: str | Path | None = None, runtime: str = "torch") -> Predictor:
+    """Load a bundle made by ``limbscan export`` (default: the model limbscan ships); checks its
+    files against bundle.json."""
+    if path is None:
+        from limbscan.pretrained import shipped_bundle
+
+        path = shipped_bundle()
     return Predictor(path, runtime=runtime)
 
 

@@ -391,7 +391,7 @@ def _list_inputs(inputs: Sequence[str | Path], out: Path, info: DistInfo) -> tup
 
 
 def run_predict(
-    bundle: Path | Model,
+    bundle: Path | Model | None,
     inputs: Sequence[str],
     out: Path,
     *,
@@ -404,7 +404,8 @@ def run_predict(
     gate: bool = True,
     studies: str = "file",
 ) -> PredictSummary:
-    """Score every image in ``inputs`` (files, folders, glob patterns) with ``bundle`` into ``out``.
+    """Score every image in ``inputs`` (files, folders, glob patterns) with ``bundle`` (None: the
+    shipped model) into ``out``.
 
     Bad files are listed in ``errors.jsonl`` and skipped; see the module docstring for the outputs.
     ``gate=False`` scores every image, in scope or not (research use). ``studies``: how files that
@@ -413,7 +414,7 @@ def run_predict(
     """
     started = time.perf_counter()
     out = Path(out)
-    if isinstance(bundle, (str, Path)):
+    if bundle is None or isinstance(bundle, (str, Path)):
         from limbscan.inference import load
 
         model = load(bundle)

@@ -24,6 +24,7 @@ from limbscan.cli.options import (
     Studies,
     StudiesOpt,
     TargetSensitivityOpt,
+    comma_list,
     value,
 )
 from limbscan.errors import LimbscanError
@@ -36,9 +37,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # -- predict ------------------------------------------------------------------------------
 @verbs.command("predict")
 def predict_cmd(
-    bundle: BundleArg,
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: predictions.jsonl, worklist.csv, overlays/.")],
+    bundle: BundleArg = None,
+    paths: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders (searched recursively) or glob patterns.", show_default=False)] = None,
     scenario: ScenarioOpt = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per forward pass (1 is fastest on a CPU; raise it on a GPU).")
@@ -52,11 +54,14 @@ def predict_cmd(
     studies: StudiesOpt = Studies.file,
     quiet: Quiet = False,
 ) -> None:
-    """Score radiographs with a bundle and write a triage worklist, most likely abnormal first."""
+    """Score radiographs with a bundle and write a triage worklist, most likely abnormal first.
+
+    Without a bundle (the first argument is an image, a folder or a pattern) the shipped model scores them."""
     import os
 
     from limbscan.predict import run_predict
 
+    bundle, paths = _bundle_and_inputs(bundle, paths or [])
     kinds = [k for k in (dicom_out or "").split(",") if k.strip()]
     summary = run_predict(bundle, paths, out, scenario=value(scenario), batch_size=batch_size, overlays=overlays,
                           gradcam=gradcam, dicom_out=kinds, progress=not quiet, gate=gate, studies=value(studies))
@@ -66,10 +71,31 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
+def _bundle_and_inputs(first: Path | None, paths: list[str]) -> tuple[Path | None, list[str]]:
+    """(the bundle, the inputs): ``first`` is the bundle when it is one, else the first input (and
+    the bundle None: the shipped model)."""
+    from limbscan.bundle.manifest import is_bundle
+
+    if first is not None and not is_bundle(first):
+        if first.suffix == ".limbscan":
+            raise typer.BadParameter(f"{first}: not a bundle (no bundle.json there)", param_hint="BUNDLE")
+        first, paths = None, [str(first), *paths]
+    if not paths:
+        raise typer.BadParameter("no images given: name files, folders or patterns after the bundle",
+                                 param_hint="PATHS")
+    return first, paths
+
+
+def _bundle(bundle: Path | None) -> Path:
+    from limbscan.pretrained import shipped_bundle
+
+    return bundle if bundle is not None else shipped_bundle()
+
+
 # -- serve --------------------------------------------------------------------------------
 @verbs.command("serve")
 def serve_cmd(
-    bundle: BundleArg,
+    bundle: BundleArg = None,
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     token: Annotated[
@@ -102,6 +128,7 @@ def serve_cmd(
         render.open_port(host, port)
     # The service logs one line per request (id, route, status, time); uvicorn's access log would repeat it.
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    bundle = _bundle(bundle)
     service = create_app(bundle, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_concurrency=concurrency, workdir=workdir, node=node, gate=gate)
     render.serving(bundle, host, port)
@@ -127,10 +154,10 @@ def _interrupt(signum, frame) -> None:
 
 @verbs.command("listen", help=LISTEN_HELP)
 def listen_cmd(
-    bundle: BundleArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Node folder: queue, outbox, results (reused on restart).")],
     allow: Annotated[list[str], typer.Option(
         "--allow", help="A calling AE title allowed to associate (the PACS', the modality's); repeat for several.")],
+    bundle: BundleArg = None,
     aet: Annotated[str, typer.Option("--aet", help="This node's AE title.")] = "LIMBSCAN",
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(help="DICOM port.")] = 11112,
@@ -175,7 +202,7 @@ def listen_cmd(
     config = NodeConfig(out=out, allowed=allowed, ae_title=aet, host=host, port=port, forward=destinations,
                         scenario=value(scenario), dicom_out=kinds, keep_received=keep_received,
                         max_associations=max_associations, retry_max=retry_max, stow_token=stow_token, gate=gate)
-    node = Node(bundle, config)
+    node = Node(_bundle(bundle), config)
     # SIGTERM (a service manager's stop) ends like Ctrl+C: the object in hand finished, the rest left queued.
     signal.signal(signal.SIGTERM, _interrupt)
     node.start()
@@ -205,6 +232,12 @@ def export_cmd(
     default_from_cv: DefaultCvOpt = None,
     gate: ExportGateOpt = "builtin",
     localiser: LocaliserOpt = Localiser.auto,
+    scenario: Annotated[Optional[str], typer.Option(
+        "--scenario", help="The trained scenarios to include, a comma list (default: all; each brings what it needs).")
+    ] = None,
+    half: Annotated[bool, typer.Option("--half", help="Store the weights in half precision (half the size).")] = False,
+    model_card: Annotated[Optional[Path], typer.Option(
+        "--model-card", help="A markdown model card to carry (model-card.md in the bundle).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Package a trained run as a bundle: weights, config, validation thresholds, input gate, checksums."""
@@ -212,5 +245,6 @@ def export_cmd(
 
     path = export_bundle(run, out, target_sensitivity=target_sensitivity, suspected_sensitivity=suspected_sensitivity,
                          onnx=onnx, progress=not quiet, overwrite=overwrite, default_from_cv_dir=default_from_cv,
-                         gate=None if gate == "none" else gate, localiser=value(localiser))
+                         gate=None if gate == "none" else gate, localiser=value(localiser),
+                         scenarios=comma_list(scenario), half=half, model_card=model_card)
     render.exported(path, read_manifest(path, verify=False))

@@ -49,7 +49,8 @@ Localiser = _choices("Localiser", (AUTO, *LOCALISERS))  # `export --localiser`
 
 # -- shared options and arguments ---------------------------------------------------------
 DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder (holds dataset.json).")]
-BundleArg = Annotated[Path, typer.Argument(help="A bundle folder made by `limbscan export` (NAME.limbscan).")]
+BundleArg = Annotated[Optional[Path], typer.Argument(
+    help="A bundle folder made by `limbscan export` (NAME.limbscan); left out: the model limbscan ships.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (DS).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 GateOpt = Annotated[bool, typer.Option(

@@ -36,7 +36,7 @@ class ScenarioInfo:
     classifier: bool = False  # has a classifier of its own: Grad-CAM and ONNX export apply
     # Fitted on the validation split (the fused scenario's weights): its validation scores are
     # out-of-fold, and without scores to compare it is never the default
-    # (see limbscan.bundle.default.default_scenario).
+    # (see default_scenario below).
     fitted_on_validation: bool = False
     summary: str = ""
     # From a config (as a plain dict, e.g. a checkpoint's): the model in a few words, and its backbone(s).
