@@ -182,3 +182,41 @@ def test_cli_export_prints_scenarios_and_thresholds(tiny_run, tmp_path):
     assert read_manifest(tmp_path / "half.limbscan")["suspected_sensitivity"] == 0.5
     again = CliRunner().invoke(app, ["export", str(run), "-o", str(out), "-q"])
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+def test_half_keeps_scores_within_1e3_and_halves_the_weights(bundle, tiny_run, tmp_path):
+    import torch
+
+    from limbscan.data.dataset import Dataset
+    from limbscan.inference import load
+
+    _, run = tiny_run
+    half = export_bundle(run, tmp_path / "half.limbscan", gate=None, half=True, scenarios=["whole-image", "detector"])
+    m = read_manifest(half)
+    assert m["weights_dtype"] == "float16" and m["scenarios"] == ["whole-image", "detector"]
+    for name in m["scenarios"]:
+        full_size, half_size = ((b / name / "best.pt").stat().st_size for b in (bundle, half))
+        assert half_size < 0.7 * full_size, name
+        state = torch.load(half / name / "best.pt", weights_only=True)["model"]
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16, torch.float32}
+    ds = Dataset.load(tiny_run[0])
+    paths = [ds.image_path(im) for im in ds.images[:6]]
+    a = load(bundle).predict(paths, scenario="all", masks=False)
+    b = load(half).predict(paths, scenario="all", masks=False)
+    for x, y in zip(a, b, strict=True):
+        for name in ("whole-image", "detector"):
+            assert y.scores[name] == pytest.approx(x.scores[name], abs=1e-3)
+
+
+def test_a_scenario_subset_brings_what_it_needs_and_a_model_card(tiny_run, tmp_path):
+    _, run = tiny_run
+    with pytest.raises(LimbscanError, match="cascade needs its detector.*add it to --scenario"):
+        export_bundle(run, tmp_path / "a.limbscan", gate=None, scenarios=["whole-image", "cascade"])
+    with pytest.raises(LimbscanError, match="nonsense not trained here"):
+        export_bundle(run, tmp_path / "b.limbscan", gate=None, scenarios=["nonsense"])
+    card = tmp_path / "card.md"
+    card.write_text("# A model card\n")
+    out = export_bundle(run, tmp_path / "c.limbscan", gate=None, scenarios=["whole-image"], model_card=card)
+    m = read_manifest(out)  # the card is hashed like every file
+    assert m["scenarios"] == ["whole-image"] and m["model_card"] == "model-card.md" and "model-card.md" in m["files"]
+    assert m["localiser"]["name"] == "gradcam"  # no detector: the whole-image model's Grad-CAM box
