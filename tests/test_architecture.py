@@ -125,7 +125,8 @@ LAYERS: list[tuple[str, ...]] = [
     # Leaves that lower layers read, apart from their packages: the torch-free table of scenario
     # names (config, the run folder and the model loader check names against it), the detector's
     # label ids (every DataLoader worker's), the metrics (operating points choose thresholds with them).
-    ("scenarios.__init__", "models.labels", "eval.metrics"),
+    # The shipped model's path (pretrained) too.
+    ("scenarios.__init__", "models.labels", "eval.metrics", "pretrained"),
     ("models.__init__", "eval.__init__"),  # light package faces: each imports only its leaf above
     ("config", "operating_points"),
     ("rundir", "io"),
