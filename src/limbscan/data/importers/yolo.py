@@ -38,8 +38,9 @@ import yaml
 
 from limbscan.data.dataset import DatasetBuilder
 from limbscan.data.importers.common import (
+    Found,
     ImportResult,
-    add_probed,
+    add_source,
     finish,
     list_files,
     probe_sources,
@@ -128,8 +129,7 @@ def import_yolo(
                 "class, so the label is unknown"))
             continue
         attributes = {"yolo_split": entry.split} if entry.split else {}
-        image_id = add_probed(builder, entry.path, meta, label, part, src.pseudonym or _patient(entry.path),
-                              attributes, file_name=src.file_name, study=src.study)
+        image_id = add_source(builder, src, Found(entry.path, label, part, _patient(entry.path)), attributes, meta)
         if image_id is None:
             continue
         image = builder.images[image_id - 1]
