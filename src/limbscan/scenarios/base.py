@@ -1,13 +1,10 @@
 """What every scenario is: :class:`Scenario`, and the inputs and outputs of its scoring.
 
 A scenario scores a :class:`Batch` of :class:`ImageInput` (pixels exactly as training saw them:
-read, resized to the cache's longest side, quantised) and returns one :class:`Finding` per
-image: the probability of abnormal and, where it localises, its boxes in ORIGINAL pixels.
-What two scenarios of one call both need (the detector's pass) is computed once per batch.
-
-The same object scores for every caller: training's validation (with the model being
-trained), ``evaluate`` (images from the dataset's cache), ``predict`` and ``serve`` (files read
-and preprocessed like the cache), Grad-CAM and the speed benchmark.
+read, resized to the cache's longest side, quantised) into one :class:`Finding` per image: the
+probability of abnormal and, where it localises, boxes in ORIGINAL pixels. What two scenarios of
+one call both need (the detector's pass) is computed once per batch. The same object scores for
+training's validation, ``evaluate``, ``predict``, ``serve`` and Grad-CAM.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """MURA / LERA-style trees, labels and parts read from the path; no boxes.
 
-::
-
-    MURA-v1.1/train/XR_KNEE/patient00001/study1_positive/image1.png
-
-The study folder's ``_positive`` / ``_negative`` suffix gives the label, a part folder
-(``XR_KNEE``, or a bare ``knee``) the body part, and ``patientNNNNN`` the patient. Those ids
-are the dataset's own public, de-identified ids; they are kept as given with a ``mura:``
-prefix, so they cannot collide with pseudonyms from another import merged later. The prefix
-names the source, not the part, because one MURA patient can have studies of several parts,
-and the split must keep all of them together.
+``MURA-v1.1/train/XR_KNEE/patient00001/study1_positive/image1.png``: the study folder's suffix
+gives the label, the part folder (``XR_KNEE`` or a bare ``knee``) the body part, ``patientNNNNN``
+the patient, kept as ``mura:patientNNNNN`` (the dataset's public ids, prefixed by source so they
+never collide with another import's, and one patient's parts stay together in a split).
 """
 
 from __future__ import annotations
