@@ -164,6 +164,17 @@ class ModelStore:
         return OnnxClassifier(self.folder.root / self.onnx_files[scenario])
 
 
+def recorded(extra: dict[str, Any], key: str, scenario: str, where: str | Path = "") -> Any:
+    """``extra[key]`` of a ``scenario`` checkpoint (``where``: its path, for the message); a
+    checkpoint that does not record the setting gets a :class:`LimbscanError` naming it."""
+    if key not in extra:
+        raise LimbscanError(
+            f"{where or f'the {scenario} checkpoint'}: records no {key!r}; retrain the {scenario} stage "
+            f"(`limbscan train DS -o RUN --scenario {scenario}`) and export the bundle again"
+        )
+    return extra[key]
+
+
 class OnnxClassifier:
     """An ONNX Runtime session called like the torch classifier: [B, 1, S, S] -> logits [B]."""
 
