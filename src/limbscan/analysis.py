@@ -1,14 +1,10 @@
 """The one per-image path that ``predict``, ``serve`` and ``listen`` share.
 
-:meth:`Analyser.read` turns one file (a path given by the user, an upload the server wrote, an
-object the node received) into its pixels, metadata and study key, or a refusal naming the file.
-:meth:`Analyser.analyse` asks the input gate (:mod:`limbscan.gate`), scores what is in scope,
-and gives one :class:`Analysis` per image: its JSON record, the prediction and the overlay.
-:meth:`Analyser.write` writes an analysis' overlay and DICOM outputs where the caller says. What
-used to differ between the three callers is an :class:`AnalyseOptions` field.
-
-An out-of-scope image gets a record (level "out_of_scope", the gate's reason), no overlay and
-no DICOM output: nothing goes back to the PACS for an image limbscan did not read.
+:meth:`Analyser.read` turns one file into pixels, metadata and study key (or a refusal naming it);
+:meth:`Analyser.analyse` asks the input gate, scores what is in scope and gives one
+:class:`Analysis` per image (record, prediction, overlay); :meth:`Analyser.write` writes its
+overlay and DICOM outputs. The callers differ only in :class:`AnalyseOptions`. An out-of-scope
+image gets a record (level "out_of_scope", the reason) and nothing else.
 """
 
 from __future__ import annotations

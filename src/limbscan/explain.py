@@ -1,14 +1,9 @@
 """Where the classifier looked: Grad-CAM (pytorch_grad_cam) on the classifier of a prediction's scenario.
 
-- ``whole-image``: Grad-CAM on the letterboxed image the classifier saw, with the letterbox
-  undone and the map brought back to the original pixels.
-- ``cascade``: Grad-CAM on the top crop (the first detection's box, cut by the same
-  :func:`~limbscan.data.geometry.crop_box` inference uses), pasted back into the crop's window;
-  zero elsewhere, since the classifier saw nothing else.
-- ``detector``: there is no classifier to explain; a :class:`LimbscanError` says so.
-
-The target is the abnormal logit, whatever the label: the map shows the evidence for
-"abnormal", which is what a reader checks on both a flagged and a cleared image.
+``whole-image``: on the letterboxed input, mapped back to the original pixels. ``cascade``: on the
+top crop (:func:`~limbscan.data.geometry.crop_box`), pasted into the crop's window, zero elsewhere.
+``detector``: no classifier, a :class:`LimbscanError`. The target is always the abnormal logit:
+the map shows the evidence for "abnormal", on a flagged and on a cleared image alike.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """The two operating points of a scenario and the level a probability reaches: one home for both.
 
-Commercial fracture readers draw a solid box where a finding is likely and a dotted one where
-it is only suspected. limbscan does the same with two thresholds per scenario, both chosen
-once, at export, on the run's VALIDATION scores, and stored in the bundle:
-
-- ``likely``: the balanced point, Youden's J (or ``--target-sensitivity``): the bundle's
-  ``thresholds``, and the threshold of ``label`` ("abnormal" iff probability >= it);
-- ``suspected``: the most specific threshold whose validation sensitivity reaches
-  :data:`SUSPECTED_SENSITIVITY` (``--suspected-sensitivity``), never above ``likely``.
-
-A probability at or above ``likely`` is "likely"; at or above ``suspected`` only, "suspected";
-below both, "normal". Loading a bundle never chooses a threshold: a bundle exported before
-operating points existed has no ``suspected`` threshold (``None``), and its images are only
-ever "likely" or "normal".
-
-Torch-free and scikit-learn-free at import (inference imports it); choosing the points uses
-:mod:`limbscan.eval.metrics`, imported when called.
+``likely`` (Youden's J, or ``--target-sensitivity``; the bundle's ``thresholds``) and
+``suspected`` (the most specific threshold reaching :data:`SUSPECTED_SENSITIVITY` on validation,
+never above ``likely``), both chosen at export on VALIDATION scores. At or above ``likely``:
+"likely"; at or above ``suspected`` only: "suspected"; else "normal". A bundle without a
+``suspected`` point (``None``) gives only "likely" or "normal". Torch- and scikit-learn-free at
+import; choosing the points imports :mod:`limbscan.eval.metrics` when called.
 """
 
 from __future__ import annotations
@@ -71,13 +61,9 @@ def choose_operating_points(
 ) -> dict[str, dict[str, Any]]:
     """Both operating points of one scenario, chosen on its VALIDATION ``labels`` and ``scores``.
 
-    ``likely``: Youden's J, or the most specific point reaching ``target_sensitivity``.
-    ``suspected``: the most specific point reaching ``suspected_sensitivity``, lowered to no
-    further than ``likely`` (a higher one would make "suspected" rank above "likely").
-    Each point: ``threshold``, ``rule``, ``val_sensitivity``, ``val_specificity``; suspected
-    adds ``target_sensitivity`` and ``note``, which says when the point is degenerate on this
-    validation split: reached only at its lowest score (every validation image called
-    abnormal), or no lower than the likely point (no image is ever only "suspected").
+    Each point: ``threshold``, ``rule``, ``val_sensitivity``, ``val_specificity``; ``suspected`` (lowered
+    to ``likely`` at most) adds ``target_sensitivity`` and ``note``, which says when the point is
+    degenerate on this split (reached only at the lowest score, or no lower than ``likely``).
     Raises :class:`~limbscan.eval.metrics.MetricsInputError` on one-class or malformed data.
     """
     import numpy as np

@@ -1,12 +1,9 @@
 """Pictures of a prediction for a reader: the radiograph in grey, the finding in red.
 
-``render_overlay`` draws every detection's box (the best one thicker) and mask, a caption with
-the level, probability and scenario, and optionally a heatmap (Grad-CAM) blended in. As
-commercial fracture readers do, the box's line says the level (:mod:`limbscan.operating_points`):
-solid where the image is "likely" abnormal, dashed where it is only "suspected", dotted where
-it is below both operating points (the boxes are then only where the model looked). It never
-draws a file name or anything from a header: an overlay can leave the hospital, a file name
-often carries a patient's name or id.
+``render_overlay`` draws every detection's box (the best thicker) and mask, a caption (level,
+probability, scenario) and optionally a Grad-CAM heatmap. The box's line says the level: solid
+"likely", dashed "suspected", dotted below both. It never draws a file name or a header value:
+an overlay can leave the hospital.
 """
 
 from __future__ import annotations

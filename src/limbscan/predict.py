@@ -1,24 +1,11 @@
 """Batch prediction: score files, folders and glob patterns with a bundle, write a triage worklist.
 
-``run_predict`` writes into OUT:
-
-- ``predictions.jsonl``: one record per image read (:mod:`limbscan.analysis`), in input order, with
-  ``file``, ``study``, ``scope`` (the input gate's verdict), ``overlay`` (where one was drawn),
-  ``dicom`` (DICOM outputs) and ``warnings``;
-- ``worklist.csv``: the scored images, most likely abnormal first (what a reader works down),
-  each with its level: "likely", "suspected" or "normal" (:mod:`limbscan.operating_points`);
-  then, unranked, the images the input gate kept out of scope ("out_of_scope", and why);
-- ``studies.csv``: one row per study (DICOM StudyInstanceUID; other files by ``studies``), most
-  likely abnormal first, scored by its highest in-scope image, with its images listed;
-- ``overlays/<n>.png``: ``n`` is the image's place in the sorted input list, never its file
-  name, which may carry a patient's name or id;
-- ``errors.jsonl``: every file that could not be scored, and why (a batch never stops for one);
-- ``summary.json``: counts, time and the bundle's metadata;
-- ``dicom/``: Secondary Capture / Structured Report for DICOM inputs with ``dicom_out``.
-
-Under ``torchrun`` (``WORLD_SIZE`` > 1) rank 0 lists the inputs, each rank scores its shard
-into ``OUT/.parts/rank<r>.*``, and rank 0 merges the parts into the very files one process
-writes. One process takes the same path with one part, so both write the same outputs.
+``run_predict`` writes into OUT ``predictions.jsonl`` (one record per image, input order),
+``worklist.csv`` (most likely abnormal first, then the out-of-scope images), ``studies.csv``,
+``overlays/<n>.png`` (``n``: the image's place in the sorted inputs, never its file name),
+``errors.jsonl``, ``summary.json`` and, with ``dicom_out``, ``dicom/`` (docs/deployment.md). Under
+``torchrun`` each rank scores its shard into ``OUT/.parts/`` and rank 0 merges them into the very
+files one process writes.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """The files of a run folder (``limbscan train -o RUN``) and of a bundle, named in one place.
 
-A run folder::
-
-    config.yaml              the resolved config the run was started with
-    train.json               what was trained: epochs, best epoch and validation AUC per scenario
-    val_scores.json          every trained scenario's validation scores (thresholds are chosen on them)
-    metrics.jsonl            one JSON line per epoch and stage
-    report.md                the training report
-    <scenario>/last.pt       the last epoch's checkpoint (resume)
-    <scenario>/best.pt       the best validation epoch's checkpoint (evaluate, export)
-    <scenario>/<file>        a scenario's own files (the cascade's proposals.json)
-
-A bundle (``limbscan export``) has the same layout with ``bundle.json`` beside it and only the
-``best.pt`` checkpoints, so everything that scores a run scores a bundle. Torch-free: the CLI
-and the bundle read it without importing a model.
+A run holds ``config.yaml``, ``train.json``, ``val_scores.json``, ``metrics.jsonl``, ``report.md``
+and per scenario ``<scenario>/last.pt``, ``best.pt`` and its own files (docs/architecture.md, "Run
+folder"). A bundle has the same layout, with ``bundle.json`` and only ``best.pt``, so whatever
+scores a run scores a bundle. Torch-free: the CLI and the bundle read it without a model.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Run-time augmentation: the policy of Amiri et al. 2022.
+"""Run-time augmentation: the policy of Amiri et al. 2022, and what it leaves out.
 
 Each sample, each epoch, exactly one of: untouched (80 %), horizontal flip, rotation, shift or
-scale (5 % each). The probabilities and ranges live in :class:`limbscan.config.AugmentConfig`.
-Beyond the paper, and off unless configured (:class:`SourceAugment`): an independent horizontal
-flip, and what differs between hospitals (aspect ratio, gamma, contrast, an inverted exposure).
-Everything is torchvision ``transforms.v2`` on ``tv_tensors``, so lesion boxes (XYXY) and
-masks move with the image; a lesion moved wholly out of frame is dropped with its mask and
-label by ``v2.SanitizeBoundingBoxes``.
+scale (5 % each; :class:`limbscan.config.AugmentConfig`); :class:`SourceAugment` adds what
+differs between hospitals, off unless configured. torchvision ``transforms.v2`` on ``tv_tensors``
+moves lesion boxes (XYXY) and masks with the image, dropping a lesion moved out of frame.
 """
 
 from __future__ import annotations
@@ -78,15 +75,12 @@ class PaperAugment(torch.nn.Module):
 
 
 class SourceAugment(torch.nn.Module):
-    """What the paper's policy leaves out, each drawn independently (all off by default):
+    """What the paper's policy leaves out, each drawn independently (all off by default).
 
-    - ``p_hflip``: a horizontal flip;
-    - ``p_source``: one of an aspect-ratio stretch (log-uniform in ``aspect_range``; boxes and
-      masks follow), a gamma or a contrast change, as another hospital's detector and
-      processing would give;
-    - ``p_invert``: ``1 - pixels``, an exposure that looks MONOCHROME1 (a reader may mishandle it).
-
-    ``last`` names what was applied to the latest sample.
+    ``p_hflip``: a horizontal flip. ``p_source``: one of an aspect-ratio stretch (``aspect_range``;
+    boxes and masks follow), a gamma or a contrast change, as another hospital would give.
+    ``p_invert``: ``1 - pixels``, an exposure that looks MONOCHROME1. ``last`` names what was applied
+    to the latest sample.
     """
 
     KINDS = ("aspect", "gamma", "contrast")

@@ -1,24 +1,11 @@
 """The decoded-image cache: decode each radiograph once, so training epochs read arrays.
 
-Layout under ``cache_dir(ds, longest_side)`` (default ``DS/cache/<longest_side>/``)::
-
-    ab/abcdef....npy      one image, resized so its longest side is at most ``longest_side``
-    index/ab.json         (path hash, size, mtime_ns) -> content digest, 256 shards
-
-An entry's name is a hash of the source file's bytes, ``longest_side`` and
-:data:`CACHE_VERSION`, so an edited file gets a new entry and nothing in the cache names a
-patient: entries hold pixels only, and the index holds hashes of paths, never the paths.
-The index only spares re-hashing unchanged files; losing it costs a re-hash, not a re-decode.
-
-Storage was chosen by measurement (1024-px images, 2-core machine): ``.npy`` reads in
-0.3-0.6 ms against 3-14 ms for a 16-bit PNG, at 1.3-3x the disk. Sources with 8 bits of
-precision (JPEG, 8-bit PNG, 8-bit DICOM) are stored as uint8, the rest as uint16, so the
-cache never keeps less precision than the file had, nor twice the bytes it needs.
-
-Every file is written with :func:`limbscan.utils.files.atomic_file` (a temporary name, then a
-rename), so an interrupted build leaves whole entries or none; entries skip its fsyncs: a rerun
-checks each entry's header against its size (cheaper than an fsync per file) and redoes only
-what is missing or broken.
+Under ``cache_dir(ds, longest_side)`` (default ``DS/cache/<longest_side>/``): ``ab/<digest>.npy``
+per image (longest side at most ``longest_side``; uint8 where the source has 8 bits, else uint16)
+and ``index/ab.json`` shards mapping (path hash, size, mtime_ns) to the digest. The digest hashes
+the file's bytes, ``longest_side`` and :data:`CACHE_VERSION`: nothing in the cache names a patient.
+Files are written atomically without fsync; a rerun checks each entry's header against its size
+and redoes only what is missing or broken. Storage measured: docs/benchmarks.md.
 """
 
 from __future__ import annotations

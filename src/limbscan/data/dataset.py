@@ -1,20 +1,10 @@
-"""The one dataset schema: COCO JSON extended with image-level fields.
+"""The one dataset schema: COCO JSON extended with image-level fields (docs/architecture.md).
 
-A dataset is a folder ``DS`` holding ``DS/dataset.json``::
-
-    {"info": {..., "synthetic": false},
-     "images": [{"id": 1, "file_name": "...", "width": W, "height": H, "format": "jpeg",
-                 "body_part": "leg", "label": 0 | 1, "patient_id": "..." | null, "study": "..." (optional),
-                 "split": "train" | "val" | "test" | null,
-                 "attributes": {"hardware": 0, ...}, "truncated": false}],
-     "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h],
-                      "segmentation": [[x0, y0, x1, y1, ...]], "area": a, "iscrowd": 0}],
-     "categories": [{"id": 1, "name": "lesion", "supercategory": "abnormal"}]}
-
-``file_name`` is relative to ``DS`` (files the dataset owns, such as anonymised DICOM copies)
-or absolute (files left where the user keeps them). Boxes are COCO ``[x, y, w, h]`` in
-pixels of the original image. Only lesions are annotated; the paper's whole-image box for
-normal images is made by the models, not stored. ``patient_id`` is always a pseudonym.
+A dataset is a folder ``DS`` holding ``DS/dataset.json``. Each image has ``body_part``, ``label``
+(0 normal, 1 abnormal), ``patient_id`` (always a pseudonym; ``null``: its own patient), optional
+``study``, ``split`` (train / val / test / null), ``attributes`` and ``truncated``; ``file_name`` is
+relative to ``DS`` (files it owns) or absolute. Only lesions are annotated, category ``lesion``,
+``bbox`` ``[x, y, w, h]`` in pixels of the original image.
 """
 
 from __future__ import annotations

@@ -94,15 +94,11 @@ class WholeImageDataset(TorchDataset):
 class DetectionDataset(TorchDataset):
     """(Tensor[1, h, w], target) at cached scale, for torchvision's Mask R-CNN.
 
-    ``target``: ``boxes`` float32 [N, 4] XYXY in the cached image's pixels, ``labels`` int64
-    [N] (:data:`~limbscan.models.labels.NORMAL` / ``ABNORMAL``), ``masks`` uint8 [N, h, w],
-    ``image_id`` int. See :func:`~limbscan.data.geometry.detection_target` for the labelling
-    rule. ``augment`` (a :class:`~limbscan.data.augment.PaperAugment`) moves boxes and masks with the pixels,
-    the whole-image box of a normal image included; boxes it pushes out of frame are
-    dropped, so an abnormal image can come back with none (a negative sample for that step).
-
-    ``unboxed``: ``"whole"`` boxes an abnormal image without lesion boxes whole, ABNORMAL;
-    ``"skip"`` leaves such images out of ``self.images``.
+    ``target``: ``boxes`` float32 [N, 4] XYXY in the cached image's pixels, ``labels`` int64 [N]
+    (``NORMAL`` / ``ABNORMAL``, :func:`~limbscan.data.geometry.detection_target`), ``masks`` uint8
+    [N, h, w], ``image_id``. ``augment`` moves boxes and masks with the pixels and drops boxes pushed
+    out of frame. ``unboxed``: ``"whole"`` boxes an abnormal image without lesion boxes whole,
+    ``"skip"`` leaves it out.
     """
 
     def __init__(

@@ -137,13 +137,9 @@ def crop_box(
 ) -> torch.Tensor:
     """Cut ``box_xyxy`` (in ``image``'s pixels) with a margin and letterbox it to [C, size, size].
 
-    THE crop function: cascade training and inference both call it, so the classifier sees
-    the same kind of input in both. See :func:`crop_window` for how the window is chosen.
-
-    Slicing then an antialiased resize, rather than ``torchvision.ops.roi_align``: measured
-    for 200-px crops of a 1024 x 768 image (2 cores), 0.1-0.5 ms against 0.5-5.5 ms (roi_align
-    gets slower as the box grows), and roi_align stretches the box to the output's shape
-    instead of keeping its aspect.
+    THE crop function: cascade training and inference both call it, so the classifier sees the
+    same kind of input in both (:func:`crop_window` chooses the window). Slicing and an antialiased
+    resize, not ``roi_align``: faster, and the box keeps its aspect (docs/benchmarks.md).
     """
     image = _as_chw(image)
     x0, y0, x1, y1 = crop_window(box_xyxy, tuple(image.shape[-2:]), margin, min_side)

@@ -70,15 +70,12 @@ def source_counts(sizes: Sequence[int], share: float | None) -> list[int]:
 
 
 class SourceMixSampler(Sampler[int]):
-    """Indices into sources laid end to end (a :class:`~limbscan.data.datasets.JoinedDataset`),
-    each source drawn :func:`source_counts` times, in a random order: about ``share`` of every
-    batch is auxiliary.
+    """Indices into sources laid end to end (a :class:`~limbscan.data.datasets.JoinedDataset`), each
+    source drawn :func:`source_counts` times in a random order: about ``share`` of a batch is auxiliary.
 
-    Within a source: ``balanced`` draws classes about equally often (with replacement, as
-    :func:`class_balanced_sampler`); otherwise each item once per pass (shuffled, passes
-    repeated when a source is drawn more often than it has items). The draw depends only on
-    the generator's state: seed a fresh one per epoch, the same on every DDP rank, and wrap the
-    sampler in :class:`ShardedSampler`.
+    Within a source: ``balanced`` draws classes about equally (with replacement), else each item once
+    per pass. The draw depends only on the generator: seed a fresh one per epoch, the same on every
+    DDP rank, and wrap the sampler in :class:`ShardedSampler`.
     """
 
     def __init__(

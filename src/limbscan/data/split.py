@@ -1,13 +1,9 @@
 """Train / val / test split: by patient, stratified by body part x label, repeatable per seed.
 
-Why not sklearn's splitters: ``train_test_split(stratify=...)`` refuses strata with one
-member, and ``StratifiedGroupKFold`` needs at least as many patients as folds and ratios that
-are multiples of 1/n_folds. Real datasets have strata of one or two patients (a rare body part
-with a fracture), and small test datasets have a handful of patients. So the allocation here
-is stratified systematic sampling: patients are shuffled within each stratum (numpy's seeded
-generator), the strata of one class are laid end to end, and each patient goes to the split
-furthest below its target share of that class's images. The shares then come out right per
-class to within one patient, and per stratum to within about one patient, however small.
+Stratified systematic sampling: patients are shuffled within each stratum (seeded), the strata
+of one class laid end to end, and each patient goes to the split furthest below its target share
+of that class's images. Shares come out right to within about one patient per class and per
+stratum, however small (docs/training.md says why not scikit-learn's splitters).
 """
 
 from __future__ import annotations

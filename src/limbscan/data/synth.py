@@ -1,15 +1,9 @@
 """Synthetic phantoms: procedurally drawn long-bone "radiographs" for tests and offline demos.
 
-These are NOT radiographs and carry no clinical signal beyond what is drawn: a soft-tissue
-limb, one or two long bones (bright cortex, darker medulla, flared ends, sometimes a joint),
-blur and noise; abnormal ones get a thin dark irregular fracture line across a shaft, with
-its box and polygon. :func:`synthesize` writes a whole dataset in limbscan's schema, half
-PNG (8- and 16-bit) and half DICOM (12-bit, MONOCHROME2 and MONOCHROME1), so the readers,
-importers, splitter and models can all be exercised without patient data.
-
-The drawing is a projection model, not a painting: each bone is a hollow tube whose
-cortex and medulla add path length times attenuation, so the cortex shows as two bright
-lines at the edges, as it does on film.
+NOT radiographs: a soft-tissue limb and one or two long bones, projected as hollow tubes (so the
+cortex shows as two bright lines), blurred and noisy; abnormal ones get a thin fracture line with
+its box and polygon. :func:`synthesize` writes a whole dataset in limbscan's schema, half PNG (8-
+and 16-bit), half DICOM (12-bit, MONOCHROME1 and 2), so everything runs without patient data.
 """
 
 from __future__ import annotations

@@ -264,19 +264,12 @@ class Evaluation:
 
 
 def evaluate(
-    run: str | Path,
-    dataset: str | Path,
-    split: str = "test",
-    out: str | Path | None = None,
-    target_sensitivity: float | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-    gallery: bool = True,
-    progress: bool = True,
-    suspected_sensitivity: float | None = None,
+    run: str | Path, dataset: str | Path, split: str = "test", out: str | Path | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Score ``run`` on ``split`` of ``dataset``; write metrics.json and the report into ``out``."""
-    result = measure(run, dataset, split, target_sensitivity, n_boot, seed, gallery, progress, suspected_sensitivity)
+    """Score ``run`` on ``split`` of ``dataset``; write metrics.json and the report into ``out``.
+    ``options`` are :func:`measure`'s (``target_sensitivity``, ``n_boot``, ``seed``, ``gallery``,
+    ``progress``, ``suspected_sensitivity``)."""
+    result = measure(run, dataset, split, **options)
     if out is not None:
         result.write(out)
     return result.metrics

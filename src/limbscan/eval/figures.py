@@ -1,12 +1,8 @@
 """Evaluation figures, readable in print: ROC (the paper's Fig. 5), confusion, calibration, gallery (Fig. 6).
 
-Every ``plot_*`` takes arrays, writes ``<stem>.png`` (200 dpi) and ``<stem>.svg`` and returns
-both paths. The matching ``_*_figure`` helper builds the :class:`~matplotlib.figure.Figure`
-without saving it, so tests can read legends and coordinates.
-
-Figures are built on bare ``Figure`` objects, never through ``pyplot``: pyplot keeps every
-figure in a global registry (a leak in a server or a long benchmark) and needs a GUI backend
-chosen first. A bare ``Figure`` renders with Agg for PNG and the SVG backend for SVG.
+Every ``plot_*`` takes arrays, writes ``<stem>.png`` (200 dpi) and ``<stem>.svg`` and returns both
+paths; its ``_*_figure`` helper builds the figure unsaved, for tests. Figures are bare
+``matplotlib.figure.Figure`` objects, never ``pyplot`` (no global registry, no GUI backend).
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Localisation quality of the detector and the cascade: box AP at IoU 0.5 and top-box hit rate.
 
-Conventions:
-
-- Boxes are ``[x0, y0, x1, y1]`` in original-image pixels (what a predictor returns), keyed by
-  the dataset's integer image id.
-- ``truths`` maps every evaluated image to its lesion boxes; a normal image maps to ``[]`` (or
-  is simply absent). An image that has predictions but no truth boxes is a normal image, so
-  every box predicted on it is a false positive. Pass predictions for the evaluated split only.
-- Undefined results (no lesion boxes in the split) are ``None``, never NaN, so the output stays
-  valid JSON, as in :mod:`limbscan.eval.metrics`.
-
-AP is pycocotools' COCOeval restricted to one IoU threshold (0.5), one category, all areas,
-with COCO's 101-point interpolated precision. Hit rate uses ``torchvision.ops.box_iou``.
+Boxes are ``[x0, y0, x1, y1]`` in original-image pixels, keyed by integer image id. ``truths`` maps
+each evaluated image to its lesion boxes (``[]`` or absent: normal, so every box predicted on it is
+a false positive); pass predictions for the evaluated split only. Undefined results are ``None``.
+AP is pycocotools' COCOeval at IoU 0.5, one category, all areas, 101-point interpolation.
 """
 
 from __future__ import annotations

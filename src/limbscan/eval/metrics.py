@@ -1,19 +1,10 @@
 """Image-level metrics with honest uncertainty: point metrics, thresholds, bootstrap CIs, DeLong.
 
-Conventions used throughout:
-
-- ``labels`` are 0 (normal) / 1 (abnormal); ``scores`` are higher-is-more-abnormal; an image
-  is called abnormal when ``score >= threshold`` (scikit-learn's ``roc_curve`` convention, so
-  a threshold read off the ROC curve reproduces that curve's point exactly).
-- A metric whose denominator is empty (sensitivity with no abnormal images, PPV with nothing
-  called abnormal, AUC with one class) is ``None``, never NaN, so ``metrics.json`` stays valid
-  JSON and a report can say "undefined" instead of printing a number.
-- Confidence intervals resample *patients*, stratified by whether the patient has any
-  abnormal image: images of one patient are correlated, and resampling them independently
-  gives intervals that are too narrow.
-
-Everything scikit-learn and scipy provide is used from them; what they lack (the DeLong
-covariance, a vectorised weighted AUC for the bootstrap) is written here.
+Conventions: ``labels`` 0 (normal) / 1 (abnormal); ``scores`` higher-is-more-abnormal; abnormal
+when ``score >= threshold`` (``roc_curve``'s convention). A metric with an empty denominator is
+``None``, never NaN, so ``metrics.json`` stays valid JSON. Confidence intervals resample PATIENTS,
+stratified by whether the patient has an abnormal image (one patient's images are correlated).
+What scikit-learn and scipy lack (DeLong's covariance, a vectorised weighted AUC) is here.
 """
 
 from __future__ import annotations
@@ -148,15 +139,10 @@ def choose_threshold(
 ) -> float:
     """Operating threshold picked on VALIDATION data; the caller applies it unchanged elsewhere.
 
-    ``method="youden"`` maximises Youden's J = sensitivity + specificity - 1 over the ROC
-    curve's points. ``method="sensitivity"`` (implied whenever ``target_sensitivity`` is given)
-    returns the highest threshold whose sensitivity reaches the target, i.e. the most specific
-    operating point that still meets it.
-
-    The threshold returned is always one of ``scores`` (the ROC point's own cut-off, never
-    ``inf``), so ``score >= threshold`` reproduces the chosen point on this data. Ties in J
-    go to the highest threshold (fewer abnormal calls). A useless model (J <= 0 everywhere)
-    still gets the best finite point rather than "call nothing abnormal".
+    ``method="youden"`` maximises sensitivity + specificity - 1 (ties: the highest threshold);
+    ``"sensitivity"`` (implied by ``target_sensitivity``) returns the highest threshold reaching the
+    target. The threshold is always one of ``scores`` (never ``inf``), so ``score >= threshold``
+    reproduces the chosen point; a useless model still gets its best finite point.
     """
     y, s = _check(labels, scores)
     reason = undefined_reason(y)

@@ -1,12 +1,9 @@
-"""The train -> export -> evaluate pipeline behind ``limbscan benchmark`` (``make bench``): every
-scenario trained on one split, thresholds picked on validation, evaluated once on test, compared
-in one report, with each stage's wall time and peak memory. (``benchmarks/`` measures speed; this
-measures the models.)
+"""The train -> export -> evaluate pipeline behind ``limbscan benchmark`` (``make bench``).
 
-Writes ``OUT/run/`` (the trained run), ``OUT/model.limbscan`` (its bundle, for ``predict`` and
-``serve``; the report scores this bundle, so it is exactly what ships) and ``OUT/report/``
-(metrics.json, report.md, report.html, figures). Rerunning the same command resumes: stages
-already trained into ``OUT/run`` are not trained again.
+Every scenario trained on one split into ``OUT/run/``, exported to ``OUT/model.limbscan`` with
+thresholds picked on validation, and that bundle (exactly what ships) evaluated once on test into
+``OUT/report/`` with each stage's wall time and peak memory. Rerunning resumes: stages already
+trained are kept.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
-"""The input gate: is this a lower-limb radiograph? Asked on the one per-image path before any
-scenario scores (:mod:`limbscan.analysis`), so a chest film, a CT slice or a photograph is
-"not analysed" instead of "likely abnormal".
+"""The input gate: is this a lower-limb radiograph? Asked before any scenario scores
+(:mod:`limbscan.analysis`), so a chest film or a photograph is "not analysed", not "likely abnormal".
 
-Two checks, in order:
-
-- the DICOM header (:func:`header_verdict`): a modality other than a radiograph's, or a body
-  part, description or protocol that names another region, is out of scope, and the reason
-  names the tag; a lower-limb part is in scope; a blank or generic header decides nothing;
-- the pixels (:class:`~limbscan.gate.model.PixelGate`, in the bundle as ``gate.npz``): a
-  body-region classifier and a distance from the lower-limb training images, both on frozen
-  ImageNet features, with thresholds chosen on held-out images (``limbscan gate train``).
-
-Only the header decides where it speaks: a lower-limb DICOM is scored whatever its pixels.
+First the DICOM header (:func:`header_verdict`): another modality or region is out of scope (the
+reason names the tag), a lower-limb part in scope, a blank header decides nothing. Then, where the
+header said nothing, the pixels (:class:`~limbscan.gate.model.PixelGate`, the bundle's ``gate.npz``).
+docs/input-gate.md has how it was fitted and measured.
 """
 
 from __future__ import annotations

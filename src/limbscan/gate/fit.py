@@ -1,15 +1,10 @@
 """``limbscan gate train``: fit the pixel gate on datasets, choose its thresholds on held-out images.
 
-In scope: the lower-limb dataset's training split. Out of scope: every image of the other
-datasets' training and validation splits (hand, shoulder...) and drawn pictures
-(:mod:`limbscan.gate.negatives`). Thresholds come from 5-fold out-of-fold scores of the training
-images: the region score above which only ``1 - refuse`` of the other datasets' radiographs lie,
-and the largest distance that keeps ``accept_distance`` of the lower-limb images. (The classifier's
-threshold is set on the other radiographs, 1,300 of them in FracAtlas, because the few lower-limb
-images it scores lowest are FracAtlas "mixed" images that show a hand too, and a quantile among
-them moved the threshold from one fold draw to the next.) The lower-limb validation and test splits and the
-other datasets' test splits are never fitted on; their acceptance rates are measured and stored
-in the gate's metadata.
+In scope: the lower-limb training split; out of scope: the other datasets' train and validation
+splits and drawn pictures (:mod:`limbscan.gate.negatives`). Thresholds come from 5-fold
+out-of-fold scores: the region score passed by only ``1 - refuse`` of the other radiographs, and
+the distance that keeps ``accept_distance`` of the lower-limb ones. The held-out splits are only
+measured, into the gate's metadata (docs/input-gate.md).
 """
 
 from __future__ import annotations

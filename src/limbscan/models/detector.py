@@ -1,15 +1,10 @@
 """Mask R-CNN (torchvision) on a feature pyramid over any registry backbone.
 
-Classes: 0 background, ``NORMAL`` (the paper boxes a normal image whole), ``ABNORMAL`` (the
-lesion). The model takes a list of ``[1, H, W]`` grey tensors in [0, 1]; torchvision's
-transform resizes them to ``min_size``/``max_size`` and normalises with the training set's
-mean pixel and std (one channel), so those travel in the checkpoint with the weights.
-
-The pyramid: the backbone's stride 8-32 maps (4-32 for the paper's ResNets and DenseNet) go
-through torchvision's ``FeaturePyramidNetwork`` plus a max-pooled extra level, as torchvision's
-own ``*_fpn`` detectors do. With pretrained weights the stem and all but ``trainable_layers``
-stages are frozen, and every batch norm is frozen (detection batches of 2 make batch
-statistics noise); a random init trains everything, as torchvision's builders do.
+Classes: 0 background, ``NORMAL`` (a normal image's whole-image box), ``ABNORMAL`` (a lesion).
+Input: a list of ``[1, H, W]`` grey tensors in [0, 1], normalised with the training set's pixel
+statistics, which travel in the checkpoint. The backbone's stride 8-32 maps (4-32 for ResNet and
+DenseNet) feed torchvision's ``FeaturePyramidNetwork`` plus a pooled level. Pretrained: stem and
+early stages frozen, every batch norm frozen (batches of 2); random init trains everything.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Sending results on: C-STORE to a DICOM node (``AE@host:port``) or STOW-RS to a DICOMweb server.
 
-One :class:`Forwarder` thread per destination empties its outbox folder, oldest first. An
-object leaves the outbox only once the destination has acknowledged it; while the destination
-cannot be reached (connection refused, association rejected, a 5xx, "out of resources") the
-objects wait on disk and the thread tries again after 1, 2, 4... seconds, up to ``retry_max``.
-An object the destination refuses for good (a 4xx, a C-STORE failure other than out of
-resources) is moved to ``refused/`` and logged, so one bad object never blocks the rest.
-
-Nothing is sent twice in a run: the outbox entry goes only after success, and success is
-logged first (``delivered.jsonl``). Only a kill between the destination's answer and that log
-line re-sends an object after the restart; the SR and SC carry UIDs derived from the source and
-the bundle (:func:`limbscan.io.dicom_out.dicom_outputs`'s ``uid_seed``), so the re-send is the
-very same instance, which a PACS keeps once (Orthanc acknowledges it and stores nothing new).
+One :class:`Forwarder` thread per destination empties its outbox, oldest first. An object leaves
+only once acknowledged (logged first in ``delivered.jsonl``); while the destination is down it
+waits on disk, retried after 1, 2, 4... s up to ``retry_max``; one refused for good goes to
+``refused/``. A re-send after a kill is the same instance (UIDs derived from source and bundle),
+which a PACS keeps once.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The node's DICOM face: a Storage SCP (pynetdicom) for plain radiographs, and Verification.
 
-An association is accepted only from a configured calling AE title (others are rejected at
-association: "calling AE title not recognised"). It may propose, for the storage SOP classes of
-:data:`STORAGE_CLASSES`, any transfer syntax :func:`transfer_syntaxes` lists: those the reader
-(:mod:`limbscan.io.dicom`) decodes on this machine.
-
-A C-STORE is answered only once its object is on disk, whole (``received/``), and its header
-has been read: success when the object can join the queue, a failure status when it cannot
-(:func:`check_object`). Scoring happens later, in the worker: an association never waits for a
-model. Logs name SOP Instance UIDs and calling AE titles, never anything from the header.
+Associations only from configured calling AE titles, for :data:`STORAGE_CLASSES` in any
+transfer syntax :func:`transfer_syntaxes` lists (what this machine decodes). A C-STORE is
+answered once its object is whole on disk and its header read (:func:`check_object`); scoring
+happens later, in the worker. Logs name UIDs and AE titles, never header values.
 """
 
 from __future__ import annotations

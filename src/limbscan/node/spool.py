@@ -1,31 +1,11 @@
 """The node's state on disk: every received object, result and pending send is a file, written whole.
 
-``Spool(OUT)`` owns this layout::
-
-    OUT/
-      received/<SOP UID>.dcm       objects as received, stored before their C-STORE answer: the queue
-      scored/<SOP UID>.json        one result each (predict's record + UIDs and times): the commit point
-      failed/<SOP UID>.json, .dcm  objects that could not be scored, why, and the object for a person to see
-                                   (``.refused.json``: refused in the C-STORE answer, so not "done")
-      outbox/<dest>/<UID>.dcm      SR / SC a destination has not yet acknowledged (deleted once it has)
-      outbox/<dest>/refused/       ones a destination refused for good (kept, never retried)
-      dicom/<UID>.dcm              every SR / SC made, as ``predict --dicom-out`` writes them
-      overlays/<SOP UID>.png       the overlay the SC shows
-      predictions.jsonl, worklist.csv, errors.jsonl    the shape ``limbscan predict`` writes
-      delivered.jsonl              one line per object a destination acknowledged
-      node.json                    live status and the latest rows (the web page reads it)
-
-Every file goes through :func:`limbscan.utils.files.atomic_file`, so a kill leaves each file old
-or new, never half. ``scored/`` and ``failed/`` are the truth: ``predictions.jsonl``,
-``worklist.csv`` and ``errors.jsonl`` are appended to as results come, and rebuilt from them at
-every start, so a kill between the two costs nothing. A restart finds the queue in
-``received/`` and the sends in ``outbox/``.
-
-The received objects are the originals, patient data and all: the SR and SC must carry the
-source's Patient and Study modules (and its UIDs) for a PACS to file them in the same study, and
-a de-identified copy has neither. They are kept only until scored (``keep_received`` moves them
-to ``kept/`` instead of deleting them); folders holding patient data are made 0700, files 0600.
-Names are SOP Instance UIDs, never anything from the header.
+``Spool(OUT)`` owns the node folder (docs/dicom-node.md lists its files): ``received/`` is the
+queue, ``scored/`` and ``failed/`` the truth that ``predictions.jsonl``, ``worklist.csv`` and
+``errors.jsonl`` are rebuilt from at every start, ``outbox/<dest>/`` the sends not yet
+acknowledged. Every file goes through :func:`limbscan.utils.files.atomic_file`. Received objects
+are originals with patient data: kept only until scored, folders 0700 and files 0600, every name
+a SOP Instance UID.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """The node's worker: takes received objects off the queue, one at a time, and scores them.
 
-For each SOP Instance UID: read and decode the stored object, predict with the one loaded
-:class:`~limbscan.inference.Predictor`, draw the overlay, build the SR and SC
-(:mod:`limbscan.io.dicom_out`) with UIDs derived from the source and the bundle, put them in
-every destination's outbox, then commit the result (``scored/<uid>.json``) and let the object
-go. A kill anywhere before the commit leaves the object in ``received/``, and the restart does
-it all again, building the very same SR and SC (same UIDs, same outbox names).
-
-An object that cannot be decoded or scored is committed as a failure (``failed/``), logged in
-one line naming its SOP Instance UID and the reason (which never quotes the header), and the
-worker goes on with the next.
+Per SOP Instance UID: decode, predict, draw the overlay, build the SR and SC with UIDs derived
+from the source and the bundle, put them in every outbox, then commit (``scored/<uid>.json``) and
+let the object go; a kill before the commit redoes it all, building the same objects. One that
+cannot be decoded or scored is committed as a failure (``failed/``), logged by UID only.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """The scenarios: one registered object per way of scoring an image, asked by everyone.
 
-This module is the torch-free table of names (the CLI, the config checks and the bundle read
-it without importing a model). Each scenario's code lives in a module of its own here
-(``whole_image.py``, ``detector.py``, ``cascade.py``, ``fused.py``): a :class:`~limbscan.scenarios.base.Scenario`
-subclass that loads its model(s) from a run or bundle folder and scores pixels. Training
-validation, ``evaluate``, ``predict``, ``serve``, Grad-CAM and ``benchmarks/`` all score through
-that one object, so they give one image one number. How each one trains lives with training,
-which asks the scenario how to score; nothing here imports it.
-
-Adding a scenario means adding one module with its class and one :func:`register` line below
-(and its training stage to training's table).
+This module is the torch-free table of names (the CLI, config checks and bundles read it without
+a model). Each scenario's :class:`~limbscan.scenarios.base.Scenario` subclass lives in its own
+module here and is what training validation, ``evaluate``, ``predict``, ``serve`` and Grad-CAM all
+score through. Adding one: its module, one :func:`register` line below, and its training stage
+in training's table (nothing here imports training).
 """
 
 from __future__ import annotations

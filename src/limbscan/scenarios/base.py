@@ -1,13 +1,10 @@
 """What every scenario is: :class:`Scenario`, and the inputs and outputs of its scoring.
 
 A scenario scores a :class:`Batch` of :class:`ImageInput` (pixels exactly as training saw them:
-read, resized to the cache's longest side, quantised) and returns one :class:`Finding` per
-image: the probability of abnormal and, where it localises, its boxes in ORIGINAL pixels.
-What two scenarios of one call both need (the detector's pass) is computed once per batch.
-
-The same object scores for every caller: training's validation (with the model being
-trained), ``evaluate`` (images from the dataset's cache), ``predict`` and ``serve`` (files read
-and preprocessed like the cache), Grad-CAM and the speed benchmark.
+read, resized to the cache's longest side, quantised) into one :class:`Finding` per image: the
+probability of abnormal and, where it localises, boxes in ORIGINAL pixels. What two scenarios of
+one call both need (the detector's pass) is computed once per batch. The same object scores for
+training's validation, ``evaluate``, ``predict``, ``serve`` and Grad-CAM.
 """
 
 from __future__ import annotations
@@ -165,6 +162,17 @@ class ModelStore:
         if scenario not in self.onnx_files:
             raise LimbscanError(f"{self.folder.root}: no ONNX file for {scenario}; export with --onnx")
         return OnnxClassifier(self.folder.root / self.onnx_files[scenario])
+
+
+def recorded(extra: dict[str, Any], key: str, scenario: str, where: str | Path = "") -> Any:
+    """``extra[key]`` of a ``scenario`` checkpoint (``where``: its path, for the message); a
+    checkpoint that does not record the setting gets a :class:`LimbscanError` naming it."""
+    if key not in extra:
+        raise LimbscanError(
+            f"{where or f'the {scenario} checkpoint'}: records no {key!r}; retrain the {scenario} stage "
+            f"(`limbscan train DS -o RUN --scenario {scenario}`) and export the bundle again"
+        )
+    return extra[key]
 
 
 class OnnxClassifier:

@@ -11,6 +11,7 @@ scores the detector's saved proposals through it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, get_args
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from limbscan.config import CascadeScore
 from limbscan.data.geometry import crop_box, crop_window, letterbox
 from limbscan.errors import LimbscanError
-from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
+from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities, recorded
 
 CASCADE_SCORES: tuple[str, ...] = get_args(CascadeScore)  # the config's choices
 
@@ -52,7 +53,8 @@ class CascadeScenario(Scenario):
     def load(cls, store: ModelStore) -> CascadeScenario:
         model, extra = store.classifier(cls.name)
         return cls(store.detector(), model, int(extra["input_size"]), float(extra["crop_margin"]),
-                   int(extra["top_k"]), rule_of(extra), int(extra["cache_side"]), store.classify(cls.name))
+                   int(extra["top_k"]), rule_of(extra, store.folder.best(cls.name)), int(extra["cache_side"]),
+                   store.classify(cls.name))
 
     def settings(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "crop_margin": self.margin, "top_k": self.top_k,
@@ -91,6 +93,6 @@ class CascadeScenario(Scenario):
         return letterbox(image.pixels[:, y0:y1, x0:x1], self.input_size), (x0, y0, x1, y1)
 
 
-def rule_of(extra: dict[str, Any]) -> str:
-    """A cascade checkpoint's score rule; checkpoints from before the option scored the crop alone."""
-    return str(extra.get("cascade_score", "crop"))
+def rule_of(extra: dict[str, Any], where: str | Path = "") -> str:
+    """A cascade checkpoint's score rule (its ``extra``'s ``cascade_score``; ``where``: its path)."""
+    return str(recorded(extra, "cascade_score", "cascade", where))

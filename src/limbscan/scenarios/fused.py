@@ -1,21 +1,11 @@
 """``fused``: the whole-image, detector and cascade scores of one image combined into one
 calibrated probability, beside the paper's three scenarios (never replacing them).
 
-Image score (:func:`fused_probability`, the one copy)::
-
-    p = sigmoid(b + sum_i w_i * f_i(s_i))     s_i: the whole-image, detector and cascade scores
-
-- ``fusion.rule: logistic`` (the default): f_i = logit(clip(s_i, 1e-4, 1 - 1e-4));
-- ``rank``: f_i = the midrank of s_i among scenario i's validation scores (in [0, 1]), kept in
-  the checkpoint as ``reference``;
-- ``equal`` (nothing fitted: too few validation images): w_i = 1/3 on the logits, b = 0.
-
-(w, b) are fitted on the validation split when the scenario trains; the checkpoint
-(``fused/best.pt``) holds them as the buffers ``coef``, ``intercept`` and ``reference``, and its
-``extra`` the out-of-fold validation scores :meth:`FusedScenario.held_out_scores` gives. The ONNX export skips it (the manifest's ``fusion``
-entry, :func:`manifest_entry`, holds w and b). Scoring asks the three base scenarios on the same
-:class:`~limbscan.scenarios.base.Batch` (each scores once, the detector runs once) and shows the
-cascade's boxes, so overlays still draw.
+``p = sigmoid(b + sum_i w_i * f_i(s_i))`` (:func:`fused_probability`, the one copy), with f_i the
+logit of s_i clipped to [1e-4, 1 - 1e-4] (``logistic``, and ``equal``: w_i = 1/3, b = 0), or its
+midrank among the validation scores kept as ``reference`` (``rank``). The checkpoint holds w, b and
+``reference`` as buffers; the manifest's ``fusion`` entry (:func:`manifest_entry`) holds w and b.
+Scoring asks the three base scenarios on the same batch and shows the cascade's boxes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from limbscan.data.geometry import square_input
-from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities
+from limbscan.scenarios.base import Batch, Classify, Finding, ImageInput, ModelStore, Scenario, probabilities, recorded
 
 
 class WholeImageScenario(Scenario):
@@ -34,9 +34,9 @@ class WholeImageScenario(Scenario):
     @classmethod
     def load(cls, store: ModelStore) -> WholeImageScenario:
         model, extra = store.classifier(cls.name)
-        # Checkpoints from before the options letterboxed and did not mirror.
+        where = store.folder.best(cls.name)
         return cls(model, int(extra["input_size"]), int(extra["cache_side"]), store.classify(cls.name),
-                   str(extra.get("image_resize", "letterbox")), bool(extra.get("tta_flip", False)))
+                   str(recorded(extra, "image_resize", cls.name, where)), bool(recorded(extra, "tta_flip", cls.name, where)))
 
     def inputs(self, images: list[ImageInput]) -> Tensor:
         import torch

@@ -205,16 +205,11 @@ def create_app(
 ) -> FastAPI:
     """The service for one model (a loaded :class:`~limbscan.inference.Model` or a bundle path).
 
-    ``token``: when set, every ``/v1`` call but ``/v1/health`` needs ``Authorization: Bearer
-    <token>``. ``max_upload_bytes`` caps a request's body, enforced while it arrives.
-    ``workdir`` holds the uploads (deleted once predicted) and the last ``keep_overlays``
-    overlays; by default a temporary folder, removed when the app shuts down.
-
-    ``node``: the folder of a ``limbscan listen`` node (the same process's or another's): its
-    live status and worklist at ``GET /v1/node``, its overlays at ``/v1/node/overlays/<uid>.png``,
-    and the page shows them as they arrive. ``decode_lock``: the lock the node decodes under,
-    when both run in one process (pydicom's warnings are collected process-wide). ``gate=False``
-    scores every upload, in scope or not (research use).
+    ``token``: a bearer token every ``/v1`` call but health needs. ``max_upload_bytes``: a body's cap,
+    enforced as it arrives. ``workdir``: uploads (deleted once predicted) and the last
+    ``keep_overlays`` overlays (default: a temporary folder). ``node``: a ``limbscan listen`` folder
+    shown at ``/v1/node``; ``decode_lock``: its decode lock when both share a process.
+    ``gate=False`` scores every upload, in scope or not.
     """
     if isinstance(model, (str, Path)):
         from limbscan.inference import load

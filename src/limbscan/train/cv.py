@@ -1,22 +1,11 @@
 """``limbscan cv``: k-fold cross-validation by patient over the train + validation images.
 
-The train and val splits are pooled and dealt into k folds by patient, stratified by body part
-x label (:func:`limbscan.data.split.assign_folds`); the test split is never read, not even
-decoded. Fold i is an ordinary run (:func:`limbscan.train.runner.train`) on a view of the
-dataset (:func:`fold_view`) whose val split is fold i and whose train split is the other folds,
-so pixel statistics, checkpoint choice and ``val_scores.json`` are the fold's own; auxiliary
-data joins each fold's training only. Every image is then scored once, by the fold that did
-not train on it (its out-of-fold score, from that fold's best checkpoint).
-
-What a choice should rest on (``cv.json``): each scenario's AUC per fold, their mean and sample
-sd (ddof 1), and the pooled out-of-fold AUC with a patient-bootstrap CI, per body part too. The
-operating points are chosen on the pooled out-of-fold scores. Pooling mixes k models' scores,
-which need not share one scale: the pooled AUC can sit below the fold mean when they do not.
-
-A finished fold (its ``val_scores.json`` holds every asked scenario) is never retrained; an
-unfinished one resumes from its checkpoints. ``folds.json`` pins the assignment: a rerun into
-the same folder with another k, seed or dataset is refused, and so is another config (beyond
-``train.scenario``, so scenarios can be added to the folds later).
+The pooled images are dealt into k folds by patient, stratified by body part x label
+(:func:`limbscan.data.split.assign_folds`); the test split is never read. Fold i is an ordinary
+run on a view of the dataset (:func:`fold_view`) validating on fold i; every image is then scored
+by the fold that did not train on it. ``cv.json`` holds the per-fold AUCs, their mean and sd and
+the pooled out-of-fold AUC; finished folds are kept, and ``folds.json`` pins the assignment
+(docs/training.md, "Cross-validation").
 """
 
 from __future__ import annotations
@@ -86,17 +75,13 @@ def cross_validate(
     n_boot: int = 2000,
     folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train the scenarios on each of ``k`` patient folds of the train + val images, into
-    ``out/fold-<i>/``; write ``folds.json``, ``oof_scores.csv`` and ``cv.json`` (see
-    :class:`~limbscan.rundir.CvDir`) and return what ``cv.json`` holds.
+    """Train the scenarios on each of ``k`` patient folds of the train + val images into
+    ``out/fold-<i>/``; write ``folds.json``, ``oof_scores.csv`` and ``cv.json`` and return ``cv.json``.
 
-    ``scenarios``: names or a comma list (default: ``cfg.train.scenario``); the scenarios they
-    need train too and are reported. ``seed``: the fold assignment's (default:
-    ``cfg.data.split.seed``); training keeps ``cfg.train.seed``. ``target_sensitivity`` /
-    ``suspected_sensitivity``: the operating points' rules, as ``limbscan export`` takes them.
-    ``folds``: train only these folds (0-based), e.g. one process per GPU or machine; the summary
-    is written once every fold is finished, so a last call without ``folds`` writes it. Until then
-    the returned dict holds ``k``, ``finished`` and ``pending`` (fold numbers) and no ``scenarios``.
+    ``scenarios``: names or a comma list (default ``cfg.train.scenario``; what they need trains too).
+    ``seed``: the fold assignment's (default ``cfg.data.split.seed``). ``target_sensitivity`` /
+    ``suspected_sensitivity``: as ``limbscan export`` takes them. ``folds``: train only these (0-based);
+    until every fold is finished the result holds ``k``, ``finished`` and ``pending`` instead.
     """
     from limbscan.train.runner import load_auxiliary, train  # the heavy imports only when CV runs
 

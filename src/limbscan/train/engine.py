@@ -1,34 +1,11 @@
 """One training loop for every stage (whole-image classifier, Mask R-CNN detector, cascade crop classifier).
 
-A stage says what to train and how to score it (:class:`Stage`); :func:`fit` does the rest the same
-way for all of them, in the manner of torchvision's ``references/detection``:
-
-- SGD with momentum (or AdamW, ``train.optimizer``) over the stage's parameter groups, each
-  carrying its own learning rate (the paper: backbone + RPN 1e-3, heads 1e-4); a linear warm-up,
-  then a cosine / step / constant schedule, or a one-cycle schedule, stepped per optimiser step
-  (:mod:`limbscan.train.optim`);
-- gradients clipped by their total L2 norm (all parameters together) at ``train.grad_clip``;
-- AMP (``torch.autocast`` + ``GradScaler``) and ``train.channels_last`` (the whole model and its
-  batches) only on CUDA; the CNN backbones run channels-last on every device regardless (the models
-  set it): measured on 2 CPU cores, a training step 1.2x (detector) to 1.55x (classifiers) faster
-  than contiguous (docs/benchmarks.md, "Training speed");
-- a checkpoint each epoch, written atomically, with everything a resumed run needs to end on the
-  same weights as an unkilled one (RNG states included); ``best.pt`` is the epoch with the best
-  ``val_auc`` so far (ties keep the earlier epoch);
-- one JSON line per epoch in ``out/metrics.jsonl``, optionally TensorBoard;
-- a non-finite loss stops the run with a :class:`LimbscanError` and leaves the last good
-  checkpoint as it was;
-- under ``torchrun`` (``WORLD_SIZE`` > 1): ``DistributedDataParallel`` (gloo on CPU, NCCL on
-  CUDA), each rank on its own shard of the data, rank 0 alone validating, checkpointing and logging.
-
-:func:`fit` is a short loop over named steps: :func:`_setup`, :func:`_resume_or_seed`,
-:func:`_open_outputs` (folder and rank-0 hooks, :mod:`limbscan.train.hooks`), then per epoch
-:func:`_run_epoch` (:func:`_train_epoch`, :func:`_validate`), :meth:`Standing.add` (best epoch)
-and :func:`_end_epoch` (the hooks: checkpoints, metrics line, TensorBoard, console line).
-
-A stage that fits without gradients (``needs_gradients = False``: the fused scenario's weights)
-skips all of that: :func:`fit` calls its ``fit_model`` once, as its one epoch, and saves the same
-checkpoint and log line (see :func:`_fit_without_gradients`).
+A stage says what to train and how to score it (:class:`Stage`); :func:`fit` does the rest alike
+for all: optimiser and schedule (:mod:`limbscan.train.optim`), gradient clipping, AMP on CUDA, an
+atomic checkpoint per epoch that resumes to the same weights, ``best.pt`` by ``val_auc``,
+``metrics.jsonl``, DDP under ``torchrun`` (docs/training.md, "Engine"). :func:`fit` runs named
+steps (:func:`_setup`, :func:`_resume_or_seed`, :func:`_open_outputs`, :func:`_run_epoch`,
+:func:`_end_epoch`); a stage without gradients goes to :func:`_fit_without_gradients`.
 """
 
 from __future__ import annotations
@@ -79,14 +56,11 @@ log = logging.getLogger(__name__)
 class Stage(Protocol):
     """What :func:`fit` needs from a scenario's stage.
 
-    ``train_loader(epoch, rank, world_size)`` must give the same batches for the same (seed, epoch),
-    and each rank its own shard. ``train_step`` gets the batch already on the model's device and the
-    model possibly wrapped in ``DistributedDataParallel`` (call it, don't reach into it).
-    ``validate`` gets the bare model in eval mode under ``torch.no_grad`` and must return ``val_auc``
-    (``None`` where it is undefined, e.g. a validation split with one class).
-    A stage may set ``find_unused_parameters = True`` for DDP when some parameters skip a step, and
-    ``checkpoint_extra`` (a dict of plain values) for what a checkpoint must carry beyond the weights,
-    e.g. the pixel statistics a model was built with.
+    ``train_loader(epoch, rank, world_size)``: the same batches for the same (seed, epoch), each rank
+    its own shard. ``train_step`` gets the batch on the model's device and the model possibly wrapped
+    in DDP (call it, don't reach into it). ``validate`` gets the bare model in eval mode under
+    ``no_grad`` and returns ``val_auc`` (``None`` where undefined). Optional: ``find_unused_parameters``
+    for DDP, ``checkpoint_extra`` (plain values a checkpoint carries beyond the weights).
     """
 
     name: str

@@ -1,20 +1,10 @@
 """``limbscan train``: the registered scenarios trained in order, each as a stage of the one engine.
 
-Each scenario trains as its stage (:func:`limbscan.train.stages.make_stage`, by name), which
-validates through the scenario's own scoring, so the validation AUC that picks ``best.pt`` is
-computed on the numbers ``evaluate`` and ``predict`` give. When the stages are done,
-``val_scores.json`` holds every trained scenario's validation scores from its best checkpoint
-(where the operating thresholds are chosen) and ``train.json`` / ``report.md`` say what was trained.
-
-Every model normalises with the training split's pixel mean and std; class imbalance is handled
-by ``train.balance``: ``sampler`` (class-balanced draws, with replacement), ``loss`` (BCE
-``pos_weight`` = negatives / positives; the detector has no such loss and samples plainly),
-or ``none``.
-
-Auxiliary training data (``data.auxiliary``, ``limbscan train --aux DS``): every image of each
-such dataset joins the training images of every stage, in ``data.auxiliary_share`` of each batch;
-validation, pixel statistics and thresholds stay the main dataset's. ``train.json``,
-``val_scores.json`` and ``report.md`` name every dataset trained on (:meth:`RunData.training_data`).
+Each stage (:func:`limbscan.train.stages.make_stage`) validates through its scenario's own
+scoring, so ``best.pt`` is picked on the numbers ``evaluate`` and ``predict`` give. At the end,
+``val_scores.json`` holds every scenario's validation scores (where thresholds are chosen) and
+``train.json`` / ``report.md`` say what was trained, on which datasets. Pixel statistics,
+validation and thresholds are the main dataset's; auxiliary data (``data.auxiliary``) only trains.
 """
 
 from __future__ import annotations
@@ -140,14 +130,10 @@ def train(
 ) -> dict[str, FitResult]:
     """Train the scenario(s) of ``cfg.train.scenario`` on the dataset at ``ds_path``; results by scenario.
 
-    ``ds_path`` may also be a loaded :class:`~limbscan.data.dataset.Dataset` whose images carry
-    the splits to train and validate on, such as a cross-validation fold's view
-    (:func:`limbscan.train.cv.fold_view`).
-
-    The run folder ``out`` (see :class:`~limbscan.rundir.RunDir`) gets one subfolder per stage
-    (``last.pt``, ``best.pt``), ``metrics.jsonl``, ``train.json``, ``val_scores.json`` and
-    ``report.md``. A scenario that needs another (the cascade, the detector) reuses its best
-    checkpoint, trained earlier in this call or by an earlier run into ``out``.
+    ``ds_path`` may be a loaded :class:`~limbscan.data.dataset.Dataset` carrying the splits to use
+    (a cross-validation fold's view). ``out`` (:class:`~limbscan.rundir.RunDir`) gets a folder per
+    stage, ``metrics.jsonl``, ``train.json``, ``val_scores.json`` and ``report.md``. A scenario that
+    needs another reuses that one's best checkpoint, from this call or an earlier run into ``out``.
     """
     folder = RunDir(out)
     out = folder.root

@@ -1,13 +1,10 @@
 """Random hyperparameter search on the validation split (the paper's tuning method), or by
 cross-validation.
 
-Each trial samples learning rate, weight decay, input size, crop margin and augmentation
-strength from :class:`limbscan.config.SearchConfig`, trains on a short budget into
-``OUT/trial_NN/``, and is ranked by validation AUC; with ``folds=K`` each trial is instead a
-K-fold cross-validation by patient over train + val (:func:`limbscan.train.cv.cross_validate`,
-the same folds for every trial) ranked by its mean fold AUC. The test split is never looked at.
-A finished trial leaves ``result.json``; rerunning the same command skips it, so a killed
-search continues where it stopped.
+Each trial samples from :class:`limbscan.config.SearchConfig`, trains a short budget into
+``OUT/trial_NN/`` and is ranked by validation AUC, or with ``folds=K`` by the mean AUC of a
+K-fold cross-validation (:func:`limbscan.train.cv.cross_validate`, the same folds every trial).
+The test split is never read. A finished trial leaves ``result.json``, so a rerun resumes.
 """
 
 from __future__ import annotations

@@ -186,6 +186,38 @@ def add_probed(
         return None
 
 
+@dataclass(frozen=True)
+class Found:
+    """One image file an importer found, and what the input's layout says of it."""
+
+    path: Path
+    label: int
+    body_part: str | None
+    patient_id: str | None = None  # a DICOM's own (pseudonymised) patient wins
+    study: str | None = None  # likewise its StudyInstanceUID
+
+
+def add_source(builder: DatasetBuilder, src: Source, found: Found, attributes: dict[str, Any] | None = None,
+               probed: ImageMeta | Skipped | None = None) -> int | None:
+    """:func:`add_probed` for a ``found`` file once probed (``src``): the dataset points at the
+    source's file (the anonymised copy of a DICOM), whose own pseudonym and study win over the
+    layout's. ``probed`` replaces ``src.probed`` (a reworded skip)."""
+    return add_probed(builder, src.path, src.probed if probed is None else probed, found.label, found.body_part,
+                      src.pseudonym or found.patient_id, attributes, file_name=src.file_name,
+                      study=src.study or found.study)
+
+
+def import_found(builder: DatasetBuilder, found: Sequence[Found], out: Path, what: str | Path,
+                 progress: bool = True) -> ImportResult:
+    """Anonymise and decode-check the ``found`` files (:func:`probe_sources`), add each that passes
+    (:func:`add_source`) and save the dataset (:func:`finish`; ``what`` names the input)."""
+    sources = probe_sources([f.path for f in found], Path(out), builder, progress)
+    for f, src in zip(found, sources, strict=True):
+        if src is not None:
+            add_source(builder, src, f)
+    return finish(builder, what)
+
+
 def finish(builder: DatasetBuilder, what: str | Path, info: dict[str, Any] | None = None) -> ImportResult:
     """Save ``dataset.json``, or raise when nothing usable is left (the CLI exits non-zero)."""
     if not builder.images:

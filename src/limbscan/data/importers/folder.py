@@ -10,14 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from limbscan.data.dataset import DatasetBuilder
-from limbscan.data.importers.common import (
-    ImportResult,
-    add_probed,
-    finish,
-    list_files,
-    probe_sources,
-    require_dir,
-)
+from limbscan.data.importers.common import Found, ImportResult, import_found, list_files, require_dir
 from limbscan.errors import LimbscanError
 from limbscan.io.bodypart import normalize_body_part
 
@@ -30,8 +23,8 @@ def import_folder(root: Path, out: Path, progress: bool = True) -> ImportResult:
     out = Path(out)
     builder = DatasetBuilder(out, source="folder")
 
-    # (file, label, body part), in a stable order so image ids and DICOM names repeat.
-    entries: list[tuple[Path, int, str]] = []
+    # In a stable order, so image ids and DICOM names repeat.
+    entries: list[Found] = []
     for part_dir in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         if not part_dir.is_dir():
             builder.skip(part_dir, f"not inside a body-part folder (expected {root}/<body_part>/normal|abnormal/)")
@@ -46,14 +39,9 @@ def import_folder(root: Path, out: Path, progress: bool = True) -> ImportResult:
             if label is None:
                 builder.skip(label_dir, "not under normal/ or abnormal/; left out")
                 continue
-            entries += [(path, label, body_part) for path in list_files(label_dir)]
+            entries += [Found(path, label, body_part) for path in list_files(label_dir)]
     if not entries and not builder.skipped:
         raise LimbscanError(f"{root}: no images (expected {root}/<body_part>/normal|abnormal/...)")
 
-    sources = probe_sources([path for path, _, _ in entries], out, builder, progress)
-    for (path, label, body_part), src in zip(entries, sources, strict=True):
-        if src is not None:
-            add_probed(builder, path, src.probed, label, body_part, src.pseudonym, file_name=src.file_name,
-                       study=src.study)
-    return finish(builder, root)
+    return import_found(builder, entries, out, root, progress)
 

@@ -1,24 +1,11 @@
 """FracAtlas (Abedeen et al. 2023), read in its own layout; images are referenced in place.
 
-::
-
-    ROOT/images/Fractured/*.jpg        label 1 (the folder wins over dataset.csv's `fractured`)
-    ROOT/images/Non_fractured/*.jpg    label 0
-    ROOT/dataset.csv                   image-level tags: leg, hip, hardware, multiscan, views, ...
-    ROOT/Annotations/COCO JSON/COCO_fracture_masks.json   fracture polygons + boxes
-
-FracAtlas has no patient ids, so every image is its own patient (``patient_id`` None).
-
-Body part, from dataset.csv's hand / leg / hip / shoulder / mixed columns: an image tagged hip
-is ``hip`` (also when tagged leg: such images show the hip joint or pelvis together with the
-femur, and the hip is what the study is about), else one tagged leg is ``leg``; the rest are
-``hand``, ``shoulder``, or ``mixed`` where tagged with both; an image tagged with none, or
-missing from dataset.csv, has none (``unknown``). Every tag stays in ``attributes``.
-
-``parts`` / ``exclude_parts`` keep a subset by that body part, so one FracAtlas download gives
-limbscan's division: ``parts=("leg", "hip")`` the main (lower-limb) dataset,
-``exclude_parts=("leg", "hip")`` the auxiliary training data. Images left out are decoded by
-nobody and said in one warning line per part.
+The label is the folder (``images/Fractured`` 1, ``images/Non_fractured`` 0, winning over
+dataset.csv); lesions come from the COCO fracture masks. FracAtlas has no patient ids: every
+image is its own patient. Body part from dataset.csv's columns: hip (also when tagged leg), else
+leg, else hand or shoulder (``mixed``: both, or mixed alone), else none; tags stay in ``attributes``.
+``parts`` / ``exclude_parts`` keep a subset by body part (``("leg", "hip")``: limbscan's main
+dataset, or its auxiliary data); what is left out is never decoded and said in one line per part.
 """
 
 from __future__ import annotations

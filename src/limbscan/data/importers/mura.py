@@ -1,15 +1,9 @@
 """MURA / LERA-style trees, labels and parts read from the path; no boxes.
 
-::
-
-    MURA-v1.1/train/XR_KNEE/patient00001/study1_positive/image1.png
-
-The study folder's ``_positive`` / ``_negative`` suffix gives the label, a part folder
-(``XR_KNEE``, or a bare ``knee``) the body part, and ``patientNNNNN`` the patient. Those ids
-are the dataset's own public, de-identified ids; they are kept as given with a ``mura:``
-prefix, so they cannot collide with pseudonyms from another import merged later. The prefix
-names the source, not the part, because one MURA patient can have studies of several parts,
-and the split must keep all of them together.
+``MURA-v1.1/train/XR_KNEE/patient00001/study1_positive/image1.png``: the study folder's suffix
+gives the label, the part folder (``XR_KNEE`` or a bare ``knee``) the body part, ``patientNNNNN``
+the patient, kept as ``mura:patientNNNNN`` (the dataset's public ids, prefixed by source so they
+never collide with another import's, and one patient's parts stay together in a split).
 """
 
 from __future__ import annotations
@@ -19,14 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from limbscan.data.dataset import DatasetBuilder
-from limbscan.data.importers.common import (
-    ImportResult,
-    add_probed,
-    finish,
-    list_files,
-    probe_sources,
-    require_dir,
-)
+from limbscan.data.importers.common import Found, ImportResult, import_found, list_files, require_dir
 from limbscan.errors import LimbscanError, Skipped
 from limbscan.io.bodypart import normalize_body_part
 
@@ -43,7 +30,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
     root = require_dir(Path(root), "MURA root")
     builder = DatasetBuilder(Path(out), source="mura")
 
-    entries: list[tuple[Path, int, str | None, str | None, str | None]] = []
+    entries: list[Found] = []
     left_out: Counter[str] = Counter()  # upper-limb parts: one summary line each, not one per file
     for path in list_files(root):
         if path.suffix.lower() in _NOT_IMAGES:
@@ -60,7 +47,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
                 continue
             body_part = raw_part  # outside LOWER_LIMB_PARTS, kept by request
         patient = next((p for p in parts if _PATIENT.match(p)), None)
-        entries.append((path, label, body_part, PATIENT_PREFIX + patient if patient else None, _study(parts)))
+        entries.append(Found(path, label, body_part, PATIENT_PREFIX + patient if patient else None, _study(parts)))
 
     for raw_part, n in sorted(left_out.items()):
         builder.warnings.append(Skipped(str(root), f"{n} {raw_part} image(s) left out: not lower limb"))
@@ -68,13 +55,7 @@ def import_mura(root: Path, out: Path, progress: bool = True, lower_limb_only: b
         upper = sum(left_out.values())
         hint = f" ({upper} upper-limb image(s) left out; pass lower_limb_only=False to keep them)" if upper else ""
         raise LimbscanError(f"{root}: no usable images{hint}")
-
-    sources = probe_sources([e[0] for e in entries], Path(out), builder, progress)
-    for (path, label, body_part, patient, study), src in zip(entries, sources, strict=True):
-        if src is not None:  # a DICOM study's own patient (pseudonymised) wins over the folder's
-            add_probed(builder, path, src.probed, label, body_part, src.pseudonym or patient,
-                       file_name=src.file_name, study=src.study or study)
-    return finish(builder, root)
+    return import_found(builder, entries, Path(out), root, progress)
 
 
 def _study(parts: tuple[str, ...]) -> str | None:

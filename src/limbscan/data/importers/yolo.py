@@ -1,29 +1,11 @@
 """A YOLOv8 / Roboflow export: ``data.yaml`` plus split folders; images are referenced in place.
 
-::
-
-    ROOT/data.yaml                      names: (a list, or index -> name), nc:
-    ROOT/<split>/images/*.jpg|png       split: train, valid, val, test, ...
-    ROOT/<split>/labels/<stem>.txt      one region a line, normalised to 0..1:
-                                        CLASS xc yc w h            (a box)
-                                        CLASS x1 y1 x2 y2 x3 y3 ...  (a polygon, 3 points or more)
-
-or the flat form ``ROOT/images/`` with ``ROOT/labels/`` (``ROOT/images/<split>/`` with
-``ROOT/labels/<split>/`` too). A label file sits where its image does, ``images`` turned into
-``labels``, as Ultralytics finds it; the paths in ``data.yaml`` are not read (Roboflow writes
-them relative to a folder that is not ROOT).
-
-Each class is normal or abnormal: ``normal`` names the classes of a normal region (by default
-every class whose name holds the word "normal", so not "abnormal"), ``abnormal`` the others. An
-image is abnormal when any of its regions is of an abnormal class, and each such region is a
-lesion (its box: the polygon's extent, in pixels of the image; the polygon kept as segmentation).
-Normal regions are not stored: the schema holds lesions only. An image without a label file, or
-with an empty one, is normal (YOLO's background image).
-
-The YOLO split is not limbscan's (``limbscan data split`` makes that, keeping patients
-together); it is kept as the attribute ``yolo_split``. Roboflow names its files
-``<source name>.rf.<hash>.<ext>``: the source name, prefixed ``yolo:``, is the ``patient_id``,
-so the augmented copies of one source image never land on both sides of a split.
+Layout: ``ROOT/<split>/images/`` with ``ROOT/<split>/labels/<stem>.txt`` (or the flat
+``ROOT/images/``, ``ROOT/labels/``), one region a line normalised to 0..1: ``CLASS xc yc w h`` (a
+box) or ``CLASS x1 y1 x2 y2 ...`` (a polygon). A class is normal or abnormal (by default: normal
+when its name holds the word "normal"); an image is abnormal when any region is, each abnormal
+region a lesion. The YOLO split is kept as the attribute ``yolo_split``; Roboflow's source name
+(``<name>.rf.<hash>``), prefixed ``yolo:``, is the patient, so augmented copies stay together.
 """
 
 from __future__ import annotations
@@ -38,8 +20,9 @@ import yaml
 
 from limbscan.data.dataset import DatasetBuilder
 from limbscan.data.importers.common import (
+    Found,
     ImportResult,
-    add_probed,
+    add_source,
     finish,
     list_files,
     probe_sources,
@@ -128,8 +111,7 @@ def import_yolo(
                 "class, so the label is unknown"))
             continue
         attributes = {"yolo_split": entry.split} if entry.split else {}
-        image_id = add_probed(builder, entry.path, meta, label, part, src.pseudonym or _patient(entry.path),
-                              attributes, file_name=src.file_name, study=src.study)
+        image_id = add_source(builder, src, Found(entry.path, label, part, _patient(entry.path)), attributes, meta)
         if image_id is None:
             continue
         image = builder.images[image_id - 1]

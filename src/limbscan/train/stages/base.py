@@ -1,15 +1,10 @@
 """What the training stages share: the run's data, the epoch loader, the classifier stages' BCE
 step, and validation through the scenario's own scoring.
 
-Training data comes in sources (:class:`TrainSource`): the main dataset's train split, then each
-auxiliary dataset whole (``data.auxiliary``). A stage makes one torch dataset per source and
-joins them (:func:`~limbscan.data.datasets.join_sources`); :func:`train_loader` then draws each
-source in its share. Validation, pixel statistics and thresholds come from the main dataset only.
-
-A stage is what :func:`limbscan.train.engine.fit` trains (see its ``Stage`` protocol). Its
-validation scores the validation split through the very :class:`~limbscan.scenarios.base.Scenario`
-that ``evaluate`` and ``predict`` use, with the model being trained, so the AUC that picks
-``best.pt`` is computed on the numbers those give.
+Training data comes in sources (:class:`TrainSource`: the main train split, then each auxiliary
+dataset whole), joined and drawn in their shares by :func:`train_loader`; validation, pixel
+statistics and thresholds are the main dataset's. Validation scores through the very
+:class:`~limbscan.scenarios.base.Scenario` that ``evaluate`` and ``predict`` use.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The ``cascade`` scenario's training stage: the crop classifier.
 
-The classifier learns from crops drawn the way scoring draws them: on normal images the trained
-detector's own top-k boxes (what it will be shown), on abnormal images the lesion boxes, moved a
-little each epoch because a detector's box never sits exactly on the lesion. The proposals come
-from the detector pass every caller uses, once, with the detector's best checkpoint, and are kept
-in ``RUN/cascade/proposals.json`` so a resumed run reuses them; the validation proposals there
-are the boxes ``predict`` returns for those images. Auxiliary training data (``data.auxiliary``)
-gives crops the same way: lesion boxes of its abnormal images, the detector's boxes on its normal
-ones (kept under ``auxiliary`` in the same file).
+Crops are drawn as scoring draws them: the trained detector's top-k boxes on normal images, the
+lesion boxes (jittered each epoch) on abnormal ones, auxiliary data alike. The proposals come
+from the detector's best checkpoint through the one detector pass and are kept in
+``RUN/cascade/proposals.json`` (reused on resume; its validation boxes are ``predict``'s).
 """
 
 from __future__ import annotations

@@ -1,42 +1,11 @@
 """The ``fused`` scenario's training stage: the fusion's weights (w, b) fitted on the validation
-split, no gradient. The score they go into is :func:`~limbscan.scenarios.fused.fused_probability`.
+split, no gradient; :func:`~limbscan.scenarios.fused.fused_probability` applies them.
 
-- ``fusion.rule: logistic`` (the default): (w, b) an L2 logistic regression (``fusion.C``) on the
-  base scores' logits as they are. Not standardised: logits share one scale already, and an input
-  nearly constant on validation must get a small weight, not one divided by its tiny spread
-  (which would turn float noise in it into score noise).
-- ``rank``: a weighted average of the base scores' midranks among the validation scores, its mix
-  chosen on a simplex grid for the best AUC, then Platt-scaled (a logistic fit of the
-  standardised average, folded back), which gives w and b.
-
-Either way (w, b) come from a log-loss fit, so the output is a probability calibrated on the
-validation split, unlike the box and geometric-mean scores it combines.
-
-The weights are fitted on the VALIDATION split: no base model trained on it, so the base scores
-there are out of sample for them (those images only chose their epochs). So that nothing said
-of the fused scenario on validation is in-sample, the stage:
-
-- measures both rules by ``fusion.repeats`` rounds of stratified ``fusion.folds``-fold
-  cross-validation within the validation images, reshuffled each round (AUC of each round's
-  pooled out-of-fold scores: mean and sd, the spread of the reshuffling rather than a confidence
-  interval), and records both in its checkpoint, ``metrics.jsonl``, ``report.md`` and the
-  bundle's manifest; the configured rule is the one used;
-- keeps the OUT-OF-FOLD fused score of each validation image (the configured rule's first
-  round: ``cross_val_predict``, stratified, seeded by ``train.seed``, each image scored by
-  weights fitted without it). ``val_scores.json`` holds those
-  (:meth:`~limbscan.scenarios.fused.FusedScenario.held_out_scores`), so the fused validation AUC,
-  the bundle's default-scenario choice and its operating points come from scores no weight saw;
-- fits the configured rule once more on every validation image: the weights ``predict``,
-  ``serve`` and ``evaluate`` apply (so on the validation images themselves ``predict`` gives
-  in-sample scores, which differ from ``val_scores.json``'s; on any other image it does not matter).
-
-A validation split with fewer than two images of a class cannot be cross-validated: nothing is
-fitted then (rule ``equal``), and the checkpoint's ``note`` says why.
-
-No network: :class:`FusionWeights` holds (w, b) as buffers, saved by the engine's gradient-free
-path (:func:`limbscan.train.engine.fit`) with the fit's inputs fingerprinted (the base
-checkpoints' sha256, the validation image ids, the fusion config), so a resumed run refits only
-when one of them changed.
+``fusion.rule: logistic`` fits an L2 logistic regression on the base scores' logits (not
+standardised); ``rank`` a Platt-scaled weighted average of their midranks. Both rules are
+measured by repeated k-fold cross-validation within validation, ``val_scores.json`` gets each
+image's out-of-fold fused score, and the weights shipped are fitted on every validation image;
+too few images of a class fit nothing (rule ``equal``). docs/training.md ("Fused weights") has why.
 """
 
 from __future__ import annotations
