@@ -1,19 +1,9 @@
 """Writing a bundle: a trained run as one self-checking folder (``limbscan export RUN -o NAME.limbscan``).
 
-A bundle mirrors a run folder, so everything that scores a run (``score_run``, ``limbscan
-evaluate``) scores a bundle too::
-
-    bundle.json            the manifest (:mod:`limbscan.bundle.manifest`): sha256 of every other file
-    config.yaml            the run's resolved config
-    val_scores.json        the validation scores the thresholds were chosen on
-    <scenario>/best.pt     weights and what rebuilding the model needs; no optimizer state
-    gate.npz               the input gate's pixel check, unless exported with ``--gate none``
-    onnx/<scenario>.onnx   with ``--onnx`` (:mod:`limbscan.bundle.onnx`)
-
-Each scenario's operating points ("likely" in ``thresholds`` and ``operating_points``,
-"suspected" in ``operating_points``: :mod:`limbscan.operating_points`) and the default scenario
-(:mod:`limbscan.bundle.default`) are chosen here, once, on the run's validation scores; every
-later use of the bundle (predict, serve, evaluate) applies the same ones.
+A bundle mirrors a run folder (so whatever scores a run scores a bundle) and adds ``bundle.json``:
+sha256 of every file, both operating points per scenario and the default scenario, chosen here once
+on the run's validation scores; the input gate, the localiser, optional ONNX files and model card.
+The layout is in docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -71,22 +61,12 @@ def export_bundle(
 ) -> Path:
     """Write the bundle of a trained ``run`` into the folder ``out`` (conventionally NAME.limbscan).
 
-    ``gate``: the input gate's pixel check the bundle carries (``gate.npz``): the one limbscan
-    ships (``"builtin"``), a file from ``limbscan gate train``, or None for none (then only DICOM
-    headers keep images out of scope: for research on other images, or synthetic phantoms).
-    ``localiser``: whose boxes a likely or suspected image shows when its scenario draws none
-    (:func:`limbscan.localise.choose`; "auto": the best measured one the run has).
-    ``scenarios``: the trained scenarios to include (default: all); ``half``: most weights stored
-    in half precision (:func:`_halved`; about half the size; they load back into float32 models); ``model_card``: a
-    markdown file the bundle carries as ``model-card.md``.
-
-    Operating points, on the run's validation scores: "likely" by Youden's J, or the most
-    specific point reaching ``target_sensitivity``; "suspected", the most specific point
-    reaching ``suspected_sensitivity`` (see :func:`limbscan.operating_points.choose_operating_points`).
-    The default scenario: the best held-out AUC on validation, or with ``default_from_cv_dir``
-    the best mean AUC across the folds of that ``limbscan cv`` folder (:func:`default_from_cv`).
-    The folder is built beside ``out`` and moved into place whole, so
-    ``out`` is never half-written; an existing ``out`` is replaced only with ``overwrite``.
+    Operating points on the run's validation scores ("likely": Youden's J or ``target_sensitivity``;
+    "suspected": ``suspected_sensitivity``); the default scenario by validation AUC, or by the fold
+    means of ``default_from_cv_dir``. ``gate``: "builtin", a gate.npz, or None; ``localiser``: see
+    :func:`limbscan.localise.choose`; ``scenarios``: a subset; ``half``: :func:`_halved` weights;
+    ``model_card``: a markdown file to carry. Built beside ``out`` and moved into place whole;
+    an existing ``out`` is replaced only with ``overwrite``. docs/deployment.md says more.
     """
     from rich.progress import track
 
@@ -328,6 +308,7 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         # Inference resizes each image once, as the cache did; stages cached at different
         # sizes would each need their own copy, which no run made by `limbscan train` has.
         raise LimbscanError(f"the run's scenarios were trained at different cache sizes ({sides}); retrain one")
+    from limbscan.scenarios.base import recorded
     from limbscan.scenarios.cascade import rule_of
 
     first = next(iter(checkpoints.values()))["extra"]
@@ -338,8 +319,8 @@ def _preprocessing(checkpoints: dict[str, dict]) -> dict[str, Any]:
         "pixel_mean": float(first["pixel_mean"]),
         "pixel_std": float(first["pixel_std"]),
         "whole_image_size": whole.get("input_size"),
-        "whole_image_resize": whole.get("image_resize", "letterbox") if whole else None,
-        "whole_image_tta_flip": bool(whole.get("tta_flip", False)) if whole else None,
+        "whole_image_resize": recorded(whole, "image_resize", "whole-image") if whole else None,
+        "whole_image_tta_flip": bool(recorded(whole, "tta_flip", "whole-image")) if whole else None,
         "crop_size": cascade.get("input_size"),
         "crop_margin": cascade.get("crop_margin"),
         "top_k": cascade.get("top_k"),
