@@ -139,6 +139,9 @@ def test_rows_show_their_level_as_a_badge(browser, bundle, tiny_run, tmp_path, w
         expect(page.locator("#summary")).to_contain_text("1 likely abnormal · 1 suspected")
         done.nth(1).click()
         expect(page.locator("#details")).to_contain_text("Suspected from")
+        # a suspected image shows where to look, and whose boxes they are
+        expect(page.locator("#details")).to_contain_text(re.compile(r"Lesion proposals\s*\d+, from the (detector|cascade)"))
+        expect(page.locator("#viewer-caption")).to_contain_text(re.compile(r"lesion proposals from the (detector|cascade)"))
         page.close()
 
 
