@@ -140,3 +140,15 @@ def test_caption_says_the_level_in_its_colour(grey):
     assert not _is_red(c).any() and not amber(c).any() and (c == 255).all(axis=-1).any()
     # no suspected threshold (a bundle exported before them): 0.3 is below the one threshold, normal
     assert _prediction(dets, label="normal", probability=0.3).level == "normal"
+
+
+def test_a_long_caption_fits_a_narrow_image():
+    narrow = np.full((454, 373), 0.5, dtype=np.float32)
+    pred = Prediction(file=None, scenario="whole-image", probability=0.99, threshold=0.5, label="abnormal",
+                      scores={"whole-image": 0.99}, detections=[Detection([100.0, 200.0, 150.0, 250.0], 0.9, None)],
+                      width=373, height=454, boxes_from="detector")
+    rgb = render_overlay(narrow, pred)
+    band = rgb[:6]  # the caption's black band starts at the top-left corner
+    assert (band[:, 0] == 0).all()
+    # it ends before the right edge: the text fitted (a clipped caption's band spans the width)
+    assert (band[:, -1] > 100).all()

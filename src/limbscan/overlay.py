@@ -25,6 +25,7 @@ AMBER = (255, 176, 0)
 # Box line per level: None solid, else (on, off) in multiples of the line's width.
 LINE_DASH: dict[str, tuple[int, int] | None] = {LIKELY: None, SUSPECTED: (5, 3), NORMAL: (1, 3)}
 BOXES_FROM = {"detector": "detector", "cascade": "cascade", "gradcam": "Grad-CAM"}
+SMALLEST_CAPTION_PX = 6  # below this a caption is unreadable anyway
 CAPTION = {LIKELY: ("likely abnormal", RED), SUSPECTED: ("suspected abnormal", AMBER), NORMAL: ("normal", (255, 255, 255))}
 MASK_ALPHA = 0.35  # masks shaded, not painted: the bone under them stays readable
 HEATMAP_ALPHA = 0.6  # at the heatmap's hottest; colder pixels are blended proportionally less
@@ -134,10 +135,14 @@ def render_overlay(
         else:
             _dashed_rectangle(draw, box, RED, width, (dash[0] * width, dash[1] * width))
     font_px = max(MIN_CAPTION_PX, round(longest * CAPTION_FRACTION))
-    font = ImageFont.load_default(size=font_px)
     text = _caption(prediction)
-    pad = max(2, font_px // 4)
-    left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
+    while True:  # the whole caption on the image: a smaller font on a narrow image
+        font = ImageFont.load_default(size=font_px)
+        pad = max(2, font_px // 4)
+        left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
+        if right + pad <= size_wh[0] or font_px <= SMALLEST_CAPTION_PX:
+            break
+        font_px -= 1
     draw.rectangle([0, 0, right + pad, bottom + pad], fill=(0, 0, 0))
     draw.text((pad, pad), text, font=font, fill=CAPTION[level][1])
     return np.asarray(canvas)
