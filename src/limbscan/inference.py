@@ -316,7 +316,7 @@ class Predictor:
         with torch.inference_mode():
             found = self._score_in_scope(kept, shown, names, masks, threshold, suspected)
         # Outside inference mode: a Grad-CAM localiser needs gradients.
-        self._localise([im.original for im, _ in kept], found, masks)
+        self._localise([im for im, _ in kept], found, masks)
         scored = iter(found)
         return [next(scored) if v.in_scope else
                 Prediction(file=im.file, scenario=shown, probability=None, threshold=threshold, label=OUT_OF_SCOPE,
@@ -324,20 +324,28 @@ class Predictor:
                            suspected_threshold=suspected, scope=v)
                 for im, v in zip(images, verdicts, strict=True)]
 
-    def _localise(self, originals: list, predictions: list[Prediction], masks: bool) -> None:
+    def _localise(self, images: list[_Image], predictions: list[Prediction], masks: bool) -> None:
         """Give each likely or suspected prediction without boxes the bundle localiser's (limbscan.localise)."""
-        from limbscan.localise import find_boxes, wanted
+        from limbscan.localise import GRADCAM, gradcam_box, wanted
 
         name = (self.manifest.get("localiser") or {}).get("name")
         todo = wanted(name, predictions)
         if not todo:
             return
-        found = find_boxes(self, name, [originals[i] for i in todo], [predictions[i] for i in todo], masks,
-                           MAX_DETECTIONS)
-        for i, boxes in zip(todo, found, strict=True):
-            pred = predictions[i]
-            pred.detections = [Detection(_clip(box, pred), score, mask) for box, score, mask in boxes]
-            pred.boxes_from = name if pred.detections else None
+        if name == GRADCAM:
+            for i in todo:
+                found = gradcam_box(self, images[i].original, predictions[i])
+                if found is not None:
+                    predictions[i].detections = [Detection(_clip(found[0], images[i]), found[1])]
+                    predictions[i].boxes_from = GRADCAM
+            return
+        scenario = self._scenarios[name]
+        with torch.inference_mode():
+            batch = Batch([ImageInput(images[i].pixels, images[i].width, images[i].height) for i in todo],
+                          detector_batch_size=len(todo))
+            for j, (i, finding) in enumerate(zip(todo, batch.findings(scenario), strict=True)):
+                predictions[i].detections = _detections(batch, j, finding, scenario, images[i], masks)
+                predictions[i].boxes_from = finding.boxes_from if predictions[i].detections else None
 
     def _score_in_scope(self, kept: list[tuple[_Image, ScopeVerdict]], shown: str, names: list[str], masks: bool,
                         threshold: float, suspected: float | None) -> list[Prediction]:
@@ -351,12 +359,7 @@ class Predictor:
         out = []
         for i, im in enumerate(images):
             finding: Finding = found[shown][i]
-            detections = [Detection(_clip(box, im), float(score))
-                          for box, score in zip(finding.boxes[:MAX_DETECTIONS], finding.box_scores, strict=False)]
-            if masks and finding.detector_boxes and detections:
-                detector = self._scenarios[shown].detector  # type: ignore[attr-defined]
-                for d, mask in zip(detections, batch.masks(detector, i, finding.boxes[: len(detections)]), strict=True):
-                    d.mask = mask
+            detections = _detections(batch, i, finding, self._scenarios[shown], im, masks)
             probability = float(finding.score)
             out.append(Prediction(
                 file=im.file, scenario=shown, probability=probability, threshold=threshold,
@@ -369,7 +372,19 @@ class Predictor:
         return out
 
 
-def _clip(box: Sequence[float], im: _Image | Prediction) -> list[float]:
+def _detections(batch: Batch, index: int, finding: Finding, scenario: Scenario, im: _Image,
+                masks: bool) -> list[Detection]:
+    """A finding's first boxes as Detections clipped to the image, with the detector's masks when asked."""
+    detections = [Detection(_clip(box, im), float(score))
+                  for box, score in zip(finding.boxes[:MAX_DETECTIONS], finding.box_scores, strict=False)]
+    if masks and finding.detector_boxes and detections:
+        detector = scenario.detector  # type: ignore[attr-defined]
+        for d, mask in zip(detections, batch.masks(detector, index, finding.boxes[: len(detections)]), strict=True):
+            d.mask = mask
+    return detections
+
+
+def _clip(box: Sequence[float], im: _Image) -> list[float]:
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = float(im.width), float(im.height)
     return [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]

@@ -11,15 +11,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from limbscan.errors import LimbscanError
+from limbscan.operating_points import LIKELY, SUSPECTED
 
 if TYPE_CHECKING:
     from limbscan.inference import Predictor
 
-LOCALISERS = ("detector", "cascade", "gradcam")
+GRADCAM = "gradcam"
+# Best measured first (docs/two-stage.md): the detector's top box found the fracture more often
+# than the Grad-CAM box, and the cascade (top_k 1) shows the detector's box.
+LOCALISERS = ("detector", "cascade", GRADCAM)
 AUTO = "auto"
-# Measured on the same held-out fractures (docs/two-stage.md): the detector's top box found the
-# fracture more often than the Grad-CAM box, and the cascade (top_k 1) shows the detector's box.
-PREFERENCE = ("detector", "cascade", "gradcam")
 WHY = {
     "detector": "the detector's top box found the fracture more often than the Grad-CAM box on held-out "
                 "FracAtlas and hip-roboflow-dev images (docs/two-stage.md)",
@@ -32,8 +33,7 @@ GRADCAM_SCENARIO = "whole-image"  # the classifier whose Grad-CAM box is drawn
 
 def available(scenarios: Sequence[str]) -> list[str]:
     """The localisers a bundle with these scenarios can run."""
-    return [name for name in LOCALISERS
-            if (name == "gradcam" and GRADCAM_SCENARIO in scenarios) or name in scenarios]
+    return [name for name in LOCALISERS if (name == GRADCAM and GRADCAM_SCENARIO in scenarios) or name in scenarios]
 
 
 def choose(scenarios: Sequence[str], requested: str = AUTO) -> dict[str, str] | None:
@@ -46,50 +46,24 @@ def choose(scenarios: Sequence[str], requested: str = AUTO) -> dict[str, str] | 
             raise LimbscanError(f"localiser {requested!r} needs a scenario this run lacks "
                                 f"(it can use: {', '.join(have) or 'none'})")
         return {"name": requested, "why": "chosen at export (--localiser)"}
-    for name in PREFERENCE:
-        if name in have:
-            return {"name": name, "why": WHY[name]}
-    return None
+    return {"name": have[0], "why": WHY[have[0]]} if have else None
 
 
 def wanted(name: str | None, predictions: Sequence[Any]) -> list[int]:
     """The predictions the localiser ``name`` draws on: in scope, likely or suspected, without boxes."""
     return [i for i, p in enumerate(predictions)
-            if name and p.in_scope and not p.detections and p.level in ("likely", "suspected")]
+            if name and p.in_scope and not p.detections and p.level in (LIKELY, SUSPECTED)]
 
 
-def find_boxes(model: Predictor, name: str, originals: Sequence[Any], predictions: Sequence[Any],
-               masks: bool = True, limit: int = 5) -> list[list[tuple[list[float], float, Any]]]:
-    """Per prediction, the localiser ``name``'s first ``limit`` ``(box, score, mask or None)``, best first."""
-    import torch
-
-    if name == "gradcam":
-        return [_gradcam_box(model, pixels, pred) for pixels, pred in zip(originals, predictions, strict=True)]
-    from limbscan.scenarios.base import Batch, ImageInput
-
-    scenario = model.scenario(name)
-    inputs = [ImageInput(model.preprocess(pixels), p.width, p.height) for pixels, p in zip(originals, predictions,
-                                                                                             strict=True)]
-    out = []
-    with torch.inference_mode():
-        batch = Batch(inputs, detector_batch_size=len(inputs))
-        for j, finding in enumerate(batch.findings(scenario)):
-            boxes, scores = finding.boxes[:limit], finding.box_scores[:limit]
-            drawn: list[Any] = [None] * len(boxes)
-            if masks and finding.detector_boxes and boxes:
-                drawn = batch.masks(scenario.detector, j, boxes)  # type: ignore[attr-defined]
-            out.append([(list(b), float(s), m) for b, s, m in zip(boxes, scores, drawn, strict=False)])
-    return out
-
-
-def _gradcam_box(model: Predictor, pixels: Any, pred: Any) -> list[tuple[list[float], float, Any]]:
+def gradcam_box(model: Predictor, pixels: Any, pred: Any) -> tuple[list[float], float] | None:
+    """The whole-image classifier's Grad-CAM box on ``pixels`` (as read) and its score, or None."""
     from dataclasses import replace
 
     from limbscan.explain import cam_box, gradcam
 
     # Grad-CAM of the whole-image classifier, whichever scenario scored the image.
     box = cam_box(gradcam(model, pixels, replace(pred, scenario=GRADCAM_SCENARIO, detections=[])))
-    return [] if box is None else [(box, float(pred.scores.get(GRADCAM_SCENARIO, pred.probability)), None)]
+    return None if box is None else (box, float(pred.scores.get(GRADCAM_SCENARIO, pred.probability)))
 
 
-__all__ = ["AUTO", "LOCALISERS", "available", "choose", "find_boxes", "wanted"]
+__all__ = ["AUTO", "GRADCAM", "LOCALISERS", "available", "choose", "gradcam_box", "wanted"]
